@@ -1,0 +1,1 @@
+//! safetensors checkpoint I/O. Being written.

@@ -1,0 +1,1 @@
+//! CPU ops (the CPU backend and reference). Being written.

@@ -1,0 +1,1 @@
+//! Test helpers: derived tolerances, assertions, seeded inputs. Being written.
