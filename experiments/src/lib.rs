@@ -1,1 +1,3 @@
-//! l4-experiments
+//! `l4-experiments`: the `l4` command-line tool and the experiment runners behind it.
+
+pub mod info;

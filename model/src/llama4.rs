@@ -1,0 +1,182 @@
+//! The Llama 4 text decoder, assembled from parts chosen by the per-layer plan.
+
+use l4_core::{DType, Device, Error, Result, Tensor};
+
+use crate::kv_cache::KvCache;
+use crate::parts::attention::{AttentionShape, AttentionWeights, attention_forward};
+use crate::parts::linear::Linear;
+use crate::parts::mlp::SwiGlu;
+use crate::parts::moe::Moe;
+use crate::parts::rope::RotaryTable;
+use crate::parts::router::router_by_name;
+use crate::spec::{Ffn, LayerSpec, ModelSpec};
+use crate::weights::{WeightNames, WeightSource};
+
+/// A layer's feed-forward block.
+#[derive(Debug)]
+enum FfnBlock {
+    Dense(SwiGlu),
+    Moe(Moe),
+}
+
+#[derive(Debug)]
+struct DecoderLayer {
+    spec: LayerSpec,
+    input_norm: Tensor, // [d]
+    post_norm: Tensor,  // [d]
+    attention: AttentionWeights,
+    ffn: FfnBlock,
+}
+
+/// What [`Llama4::forward`] should record besides the logits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capture {
+    /// The hidden state entering the model and after each layer.
+    pub hidden_states: bool,
+    /// Each MoE layer's raw router logits.
+    pub router_logits: bool,
+}
+
+/// The result of one forward step.
+#[derive(Debug)]
+pub struct ForwardOutput {
+    /// `[b, t, v]` logits, in the compute dtype.
+    pub logits: Tensor,
+    /// With [`Capture::hidden_states`]: `L + 1` tensors `[b, t, d]`: the embeddings, then the
+    /// residual stream after each layer (before the final norm).
+    pub hidden_states: Vec<Tensor>,
+    /// With [`Capture::router_logits`]: `(layer, [b·t, e])` for each MoE layer.
+    pub router_logits: Vec<(usize, Tensor)>,
+}
+
+/// A Llama 4 text model with its weights resident on one device.
+#[derive(Debug)]
+pub struct Llama4 {
+    spec: ModelSpec,
+    dtype: DType,
+    device: Device,
+    embed: Tensor, // [v, d]
+    layers: Vec<DecoderLayer>,
+    final_norm: Tensor, // [d]
+    lm_head: Linear,    // [v, d] in HF layout
+    rope: RotaryTable,
+}
+
+fn linear(source: &mut dyn WeightSource, name: String, shape: Vec<usize>) -> Result<Linear> {
+    Linear::from_hf_weight(&source.take(&name, &shape)?)
+}
+
+fn swiglu(source: &mut dyn WeightSource, names: &WeightNames, i: usize, prefix: &str, d: usize, f: usize) -> Result<SwiGlu> {
+    Ok(SwiGlu {
+        gate: linear(source, names.layer(i, &format!("{prefix}gate_proj.weight")), vec![f, d])?,
+        up: linear(source, names.layer(i, &format!("{prefix}up_proj.weight")), vec![f, d])?,
+        down: linear(source, names.layer(i, &format!("{prefix}down_proj.weight")), vec![d, f])?,
+    })
+}
+
+impl Llama4 {
+    /// Builds the model of `spec`, asking `source` for every tensor named by `names`.
+    pub fn build(spec: ModelSpec, names: &WeightNames, source: &mut dyn WeightSource, dtype: DType, device: Device) -> Result<Self> {
+        let (d, v) = (spec.hidden_size, spec.vocab_size);
+        let (q_width, kv_width) = (spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim);
+        let embed = source.take(&names.embed_tokens(), &[v, d])?;
+        let mut layers = Vec::with_capacity(spec.layers.len());
+        for (i, layer) in spec.layers.iter().enumerate() {
+            let input_norm = source.take(&names.layer(i, "input_layernorm.weight"), &[d])?;
+            let post_norm = source.take(&names.layer(i, "post_attention_layernorm.weight"), &[d])?;
+            let attention = AttentionWeights {
+                q: linear(source, names.layer(i, "self_attn.q_proj.weight"), vec![q_width, d])?,
+                k: linear(source, names.layer(i, "self_attn.k_proj.weight"), vec![kv_width, d])?,
+                v: linear(source, names.layer(i, "self_attn.v_proj.weight"), vec![kv_width, d])?,
+                o: linear(source, names.layer(i, "self_attn.o_proj.weight"), vec![d, q_width])?,
+            };
+            let ffn = match &layer.ffn {
+                Ffn::Dense { intermediate } => FfnBlock::Dense(swiglu(source, names, i, "feed_forward.", d, *intermediate)?),
+                Ffn::Moe(moe) => {
+                    let (e, f) = (moe.num_experts, moe.expert_intermediate);
+                    FfnBlock::Moe(Moe {
+                        router: linear(source, names.layer(i, "feed_forward.router.weight"), vec![e, d])?,
+                        gate_up: source.take(&names.layer(i, "feed_forward.experts.gate_up_proj"), &[e, d, 2 * f])?,
+                        down: source.take(&names.layer(i, "feed_forward.experts.down_proj"), &[e, f, d])?,
+                        shared: match moe.shared_intermediate {
+                            Some(fs) => Some(swiglu(source, names, i, "feed_forward.shared_expert.", d, fs)?),
+                            None => None,
+                        },
+                        strategy: router_by_name(&moe.router)?,
+                    })
+                }
+            };
+            layers.push(DecoderLayer { spec: layer.clone(), input_norm, post_norm, attention, ffn });
+        }
+        let final_norm = source.take(&names.final_norm(), &[d])?;
+        let lm_head = match spec.tie_word_embeddings {
+            true => Linear::from_hf_weight(&embed)?,
+            false => linear(source, names.lm_head(), vec![v, d])?,
+        };
+        let rope = RotaryTable::new(&spec.rope, spec.head_dim);
+        Ok(Llama4 { spec, dtype, device, embed, layers, final_norm, lm_head, rope })
+    }
+
+    /// The resolved plan.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device holding the weights.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// An empty KV cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.spec.layers.iter().map(|l| l.span))
+    }
+
+    /// One step: `ids [b, t]` (I64 or I32) at positions `cache.position()..+t` → logits
+    /// `[b, t, v]`, extending `cache`.
+    pub fn forward(&self, ids: &Tensor, cache: &mut KvCache, capture: Capture) -> Result<ForwardOutput> {
+        let [b, t] = ids.shape()[..] else {
+            return Err(Error::BadShape { op: "llama4 forward", shape: ids.shape().to_vec(), msg: "input_ids must be [batch, tokens]".into() });
+        };
+        let d = self.spec.hidden_size;
+        let start = cache.position();
+        let shape = AttentionShape { num_heads: self.spec.num_heads, num_kv_heads: self.spec.num_kv_heads, head_dim: self.spec.head_dim };
+        let eps = self.spec.rms_norm_eps;
+
+        let mut h = l4_core::ops::embedding(&self.embed, &ids.to_device(self.device)?)?; // [b, t, d]
+        let mut output = ForwardOutput { logits: h.clone(), hidden_states: Vec::new(), router_logits: Vec::new() };
+        if capture.hidden_states {
+            output.hidden_states.push(h.clone());
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            // h = h + attn(norm(h))
+            let normed = h.rms_norm(Some(&layer.input_norm), eps)?;
+            let attended = attention_forward(&layer.spec, shape, &layer.attention, &self.rope, eps, &normed, start, cache.layer_mut(i))?;
+            h = h.add(&attended)?;
+            // h = h + ffn(norm(h))
+            let normed = h.rms_norm(Some(&layer.post_norm), eps)?.reshape(&[b * t, d])?;
+            let ffn_out = match &layer.ffn {
+                FfnBlock::Dense(mlp) => mlp.forward(&normed)?,
+                FfnBlock::Moe(moe) => {
+                    let out = moe.forward(&normed)?;
+                    if capture.router_logits {
+                        output.router_logits.push((i, out.router_logits));
+                    }
+                    out.output
+                }
+            };
+            h = h.add(&ffn_out.reshape(&[b, t, d])?)?;
+            if capture.hidden_states {
+                output.hidden_states.push(h.clone());
+            }
+        }
+        cache.advance(t);
+        output.logits = self.lm_head.forward(&h.rms_norm(Some(&self.final_norm), eps)?)?;
+        Ok(output)
+    }
+}

@@ -1,0 +1,53 @@
+//! A model from what a user names: an HF checkpoint folder, or a preset.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use l4_core::checkpoint::Checkpoint;
+use l4_core::{DType, Device, Error, Result};
+
+use crate::hf_config::{HfArchitecture, HfConfig};
+use crate::llama4::Llama4;
+use crate::presets::{PRESETS, preset};
+use crate::spec::ModelSpec;
+use crate::weights::{CheckpointSource, RandomSource, WeightNames};
+
+/// The seed of every preset's random weights.
+pub const PRESET_SEED: u64 = 0x4C34_4C41_42;
+
+/// The plan and weight layout of `model`: a checkpoint folder (its config.json) or a preset
+/// name. Reads no weights.
+pub fn resolve(model: &str) -> Result<(ModelSpec, HfArchitecture)> {
+    let path = Path::new(model);
+    if path.is_dir() {
+        let config_path = path.join("config.json");
+        let config = HfConfig::read(&config_path)?;
+        return Ok((ModelSpec::from_hf(&config, &config_path)?, config.architecture));
+    }
+    if let Ok(p) = preset(model) {
+        return Ok((p.spec(), HfArchitecture::CausalLm));
+    }
+    let names: Vec<_> = PRESETS.iter().map(|p| p.name).collect();
+    Err(Error::file(path, format!("no such checkpoint folder, and not a preset ({})", names.join(", "))))
+}
+
+/// Loads `model` (a checkpoint folder or a preset name) in `dtype` on `device`. A checkpoint
+/// must provide exactly the tensors its config implies: a missing, misshapen or unexpected
+/// tensor is an error naming it.
+pub fn load(model: &str, dtype: DType, device: Device) -> Result<Llama4> {
+    if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+        return Err(Error::invalid("load", format!("compute dtype must be f32, bf16 or f16, got {dtype}")));
+    }
+    let (spec, architecture) = resolve(model)?;
+    let names = WeightNames::for_architecture(architecture);
+    let path = Path::new(model);
+    if !path.is_dir() {
+        let mut source = RandomSource::new(PRESET_SEED, dtype, device);
+        return Llama4::build(spec, &names, &mut source, dtype, device);
+    }
+    let checkpoint = Checkpoint::open(path)?;
+    let mut source = CheckpointSource::new(&checkpoint, dtype, device);
+    let model = Llama4::build(spec, &names, &mut source, dtype, device)?;
+    source.check_all_consumed(&BTreeSet::new())?;
+    Ok(model)
+}

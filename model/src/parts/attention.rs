@@ -1,0 +1,144 @@
+//! Llama 4 attention: GQA with RoPE or NoPE, chunked-local or global causal spans, QK-norm and
+//! query temperature tuning, over a per-layer KV cache.
+
+use l4_core::{DType, Device, Error, Result, Tensor};
+
+use super::linear::Linear;
+use super::rope::RotaryTable;
+use crate::kv_cache::LayerCache;
+use crate::spec::{LayerSpec, Position, Span};
+
+/// Projections of one attention block (HF `nn.Linear` weights, no biases).
+#[derive(Clone, Debug)]
+pub struct AttentionWeights {
+    /// `[h·dh, d]`.
+    pub q: Linear,
+    /// `[hk·dh, d]`.
+    pub k: Linear,
+    /// `[hk·dh, d]`.
+    pub v: Linear,
+    /// `[d, h·dh]`.
+    pub o: Linear,
+}
+
+/// Head counts and widths shared by every attention block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionShape {
+    /// Query heads `h`.
+    pub num_heads: usize,
+    /// Key/value heads `hk`.
+    pub num_kv_heads: usize,
+    /// Head width `dh`.
+    pub head_dim: usize,
+}
+
+/// Query blocks whose keys form one contiguous range: a chunk for chunked layers (queries in
+/// chunk c see keys of chunk c only), everything for global layers. Returns, per block, the
+/// query range (offsets into the current step) and the absolute key range.
+fn query_blocks(span: Span, start: usize, t: usize, cache_start: usize) -> Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> {
+    match span {
+        Span::Global => vec![(0..t, cache_start..start + t)],
+        Span::Chunked(chunk) => {
+            let mut blocks = Vec::new();
+            let mut q = 0;
+            while q < t {
+                let chunk_start = (start + q) / chunk * chunk;
+                let q_end = (chunk_start + chunk - start).min(t);
+                blocks.push((q..q_end, chunk_start.max(cache_start)..start + q_end));
+                q = q_end;
+            }
+            blocks
+        }
+    }
+}
+
+/// Additive causal mask `[rows, keys]` for one block: rows are `g` query heads × `tq` tokens
+/// (head-major), a key is visible when its position is at most the query's.
+fn causal_mask(g: usize, queries: std::ops::Range<usize>, start: usize, keys: std::ops::Range<usize>, dtype: DType) -> Result<Tensor> {
+    let tq = queries.len();
+    let nk = keys.len();
+    let mut mask = vec![0.0f32; g * tq * nk];
+    for (row, values) in mask.chunks_mut(nk).enumerate() {
+        let q_pos = start + queries.start + row % tq;
+        for (key, value) in values.iter_mut().enumerate() {
+            if keys.start + key > q_pos {
+                *value = f32::NEG_INFINITY;
+            }
+        }
+    }
+    Tensor::from_f32_vec(mask, &[g * tq, nk], dtype, Device::Cpu)
+}
+
+/// The attention block of one layer: `x [b, t, d]` at absolute positions `start..start+t`
+/// → `[b, t, d]`, appending this step's keys and values to `cache`.
+pub fn attention_forward(
+    layer: &LayerSpec,
+    shape: AttentionShape,
+    weights: &AttentionWeights,
+    rope: &RotaryTable,
+    rms_norm_eps: f64,
+    x: &Tensor,
+    start: usize,
+    cache: &mut LayerCache,
+) -> Result<Tensor> {
+    let [b, t, _] = x.shape()[..] else {
+        return Err(Error::BadShape { op: "attention", shape: x.shape().to_vec(), msg: "expected [b, t, d]".into() });
+    };
+    let AttentionShape { num_heads: h, num_kv_heads: hk, head_dim: dh } = shape;
+    let g = h / hk;
+    let mut q = weights.q.forward(x)?.reshape(&[b, t, h, dh])?;
+    let mut k = weights.k.forward(x)?.reshape(&[b, t, hk, dh])?;
+    let v = weights.v.forward(x)?.reshape(&[b, t, hk, dh])?;
+
+    // RoPE, then the weightless QK-norm (RoPE layers only), then the temperature (NoPE layers).
+    if layer.position == Position::Rope {
+        q = rope.apply(&q, start)?;
+        k = rope.apply(&k, start)?;
+    }
+    if layer.qk_norm {
+        q = q.rms_norm(None, rms_norm_eps)?;
+        k = k.rms_norm(None, rms_norm_eps)?;
+    }
+    if let Some(temperature) = layer.temperature {
+        let scales: Vec<f32> = (0..t).map(|i| temperature.factor(start + i) as f32).collect();
+        q = q.mul(&Tensor::from_f32_vec(scales, &[1, t, 1, 1], q.dtype(), q.device())?)?;
+    }
+
+    // Keys and values join the cache after RoPE and QK-norm; v is cached raw.
+    let k = k.permute(&[0, 2, 1, 3])?.contiguous()?; // [b, hk, t, dh]
+    let v = v.permute(&[0, 2, 1, 3])?.contiguous()?; // [b, hk, t, dh]
+    let (keys, values, cache_start) = cache.append(&k, &v, start)?; // [b, hk, s, dh], first at cache_start
+
+    // Group query heads by their kv head: head i uses kv head i / g.
+    let q = q.permute(&[0, 2, 1, 3])?.contiguous()?.reshape(&[b, hk, g, t, dh])?;
+    let scale = (dh as f64).powf(-0.5);
+    let mut outputs = Vec::new();
+    for (queries, key_range) in query_blocks(layer.span, start, t, cache_start) {
+        let tq = queries.len();
+        let q_block = q.narrow(3, queries.start, tq)?.contiguous()?.reshape(&[b, hk, g * tq, dh])?;
+        let k_block = keys.narrow(2, key_range.start - cache_start, key_range.len())?;
+        let v_block = values.narrow(2, key_range.start - cache_start, key_range.len())?;
+        let mask = causal_mask(g, queries.clone(), start, key_range, q.dtype())?.to_device(x.device())?;
+        let scores = q_block.matmul(&k_block.transpose(2, 3)?)?.scale(scale)?.add(&mask)?; // [b, hk, g·tq, nk]
+        let probs = scores.softmax(3)?;
+        outputs.push(probs.matmul(&v_block)?.reshape(&[b, hk, g, tq, dh])?);
+    }
+    let refs: Vec<&Tensor> = outputs.iter().collect();
+    let attended = Tensor::cat(&refs, 3)?; // [b, hk, g, t, dh]
+    let attended = attended.reshape(&[b, h, t, dh])?.permute(&[0, 2, 1, 3])?.contiguous()?.reshape(&[b, t, h * dh])?;
+    weights.o.forward(&attended)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_blocks_align_to_absolute_positions() {
+        // Chunk 4, step covering positions 6..15 with the cache starting at 4.
+        let blocks = query_blocks(Span::Chunked(4), 6, 9, 4);
+        assert_eq!(blocks, vec![(0..2, 4..8), (2..6, 8..12), (6..9, 12..15)]);
+        // Global: one block over every cached key.
+        assert_eq!(query_blocks(Span::Global, 6, 9, 0), vec![(0..9, 0..15)]);
+    }
+}

@@ -1,0 +1,8 @@
+//! The model parts the per-layer plan chooses from.
+
+pub mod attention;
+pub mod linear;
+pub mod mlp;
+pub mod moe;
+pub mod rope;
+pub mod router;
