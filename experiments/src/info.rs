@@ -10,7 +10,11 @@ pub fn report() -> String {
     let mut out = String::new();
     let _ = writeln!(out, "l4lab {}", env!("CARGO_PKG_VERSION"));
     let _ = writeln!(out, "\ndevices:");
-    let _ = writeln!(out, "  cpu: {} threads", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let _ = writeln!(
+        out,
+        "  cpu: {} threads",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     match cuda::device_count() {
         Ok(0) => {
             let _ = writeln!(out, "  cuda: driver found, no device");
@@ -40,7 +44,11 @@ pub fn report() -> String {
         }
     }
     let _ = writeln!(out, "\nkernel compiler:");
-    let nvrtc = if cuda::nvrtc_present() { "libnvrtc found" } else { "libnvrtc not found on the loader path" };
+    let nvrtc = if cuda::nvrtc_present() {
+        "libnvrtc found"
+    } else {
+        "libnvrtc not found on the loader path"
+    };
     let _ = writeln!(out, "  nvrtc: {nvrtc}");
     let _ = writeln!(out, "\npresets:");
     for preset in PRESETS {
@@ -55,4 +63,73 @@ pub fn report() -> String {
         );
     }
     out
+}
+
+/// `l4 info --model`: the resolved per-layer plan of a checkpoint folder or preset, its
+/// parameter counts, and the bytes of weights and of KV cache per token. Allocates nothing.
+pub fn model_report(model: &str) -> anyhow::Result<String> {
+    use l4_model::{Ffn, Position, Span};
+    let (spec, _) = l4_model::loader::resolve(model)?;
+    let mut out = String::new();
+    let _ = writeln!(out, "model {model}");
+    let _ = writeln!(
+        out,
+        "  width {}  heads {} (kv {})  head dim {}  vocab {}  layers {}",
+        spec.hidden_size,
+        spec.num_heads,
+        spec.num_kv_heads,
+        spec.head_dim,
+        spec.vocab_size,
+        spec.num_layers()
+    );
+    let _ = writeln!(out, "  rope theta {}  scaling {:?}", spec.rope.theta, spec.rope.scaling);
+    let _ = writeln!(out, "\n  layer  position  span          qk-norm  temperature  ffn");
+    for (i, layer) in spec.layers.iter().enumerate() {
+        let position = match layer.position {
+            Position::Rope => "rope",
+            Position::NoPe => "nope",
+        };
+        let span = match layer.span {
+            Span::Chunked(n) => format!("chunked({n})"),
+            Span::Global => "global".into(),
+        };
+        let temperature = layer
+            .temperature
+            .map_or("-".into(), |t| format!("{}/{}", t.floor_scale, t.attn_scale));
+        let ffn = match &layer.ffn {
+            Ffn::Dense { intermediate } => format!("dense swiglu {intermediate}"),
+            Ffn::Moe(m) => format!(
+                "moe {} experts top-{} width {} shared {} router {}",
+                m.num_experts,
+                m.top_k,
+                m.expert_intermediate,
+                m.shared_intermediate.map_or("off".into(), |w| w.to_string()),
+                m.router
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "  {i:>5}  {position:<8}  {span:<12}  {:<7}  {temperature:<11}  {ffn}",
+            layer.qk_norm
+        );
+    }
+    let (total, active) = spec.param_counts();
+    let _ = writeln!(
+        out,
+        "\n  parameters: {:.2}B total, {:.2}B active per token",
+        total as f64 / 1e9,
+        active as f64 / 1e9
+    );
+    let _ = writeln!(
+        out,
+        "  weights: {:.1} GiB in bf16, {:.1} GiB in f32",
+        (2 * total) as f64 / (1u64 << 30) as f64,
+        (4 * total) as f64 / (1u64 << 30) as f64
+    );
+    let _ = writeln!(
+        out,
+        "  KV cache: {} bytes per token in bf16 (chunked layers stop growing at their chunk)",
+        spec.kv_cache_bytes_per_token(2)
+    );
+    Ok(out)
 }

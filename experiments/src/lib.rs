@@ -1,3 +1,4 @@
 //! `l4-experiments`: the `l4` command-line tool and the experiment runners behind it.
 
 pub mod info;
+pub mod run;

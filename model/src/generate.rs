@@ -23,9 +23,18 @@ fn argmax_rows(logits: &Tensor) -> Result<Vec<i64>> {
 /// Greedy continuation of `prompt [b, t]`: prefills the whole prompt, then decodes one token
 /// per step. `on_token` sees each step's new ids `[b]`. Returns the new ids `[b, n]` with
 /// `n ≤ max_new_tokens`; a sequence that stopped early is padded with its stop id.
-pub fn greedy(model: &Llama4, prompt: &Tensor, options: &GreedyOptions, mut on_token: impl FnMut(&[i64])) -> Result<Tensor> {
+pub fn greedy(
+    model: &Llama4,
+    prompt: &Tensor,
+    options: &GreedyOptions,
+    mut on_token: impl FnMut(&[i64]),
+) -> Result<Tensor> {
     let [b, t] = prompt.shape()[..] else {
-        return Err(Error::BadShape { op: "generate", shape: prompt.shape().to_vec(), msg: "input_ids must be [batch, tokens]".into() });
+        return Err(Error::BadShape {
+            op: "generate",
+            shape: prompt.shape().to_vec(),
+            msg: "input_ids must be [batch, tokens]".into(),
+        });
     };
     if t == 0 {
         return Err(Error::invalid("generate", "the prompt is empty"));

@@ -172,7 +172,9 @@ impl HfConfig {
     pub fn parse(json: &str, path: &Path) -> Result<HfConfig> {
         let value: serde_json::Value =
             serde_json::from_str(json).map_err(|e| Error::file(path, format!("config.json is not valid JSON: {e}")))?;
-        let object = value.as_object().ok_or_else(|| Error::file(path, "config.json is not a JSON object"))?;
+        let object = value
+            .as_object()
+            .ok_or_else(|| Error::file(path, "config.json is not a JSON object"))?;
         let (text_value, architecture) = match object.get("text_config") {
             Some(text) => (text.clone(), HfArchitecture::ConditionalGeneration),
             None => (value.clone(), HfArchitecture::CausalLm),
@@ -180,7 +182,10 @@ impl HfConfig {
         if let Some(model_type) = object.get("model_type").and_then(|v| v.as_str())
             && !matches!(model_type, "llama4" | "llama4_text")
         {
-            return Err(Error::file(path, format!("model_type {model_type:?} is not a Llama 4 model")));
+            return Err(Error::file(
+                path,
+                format!("model_type {model_type:?} is not a Llama 4 model"),
+            ));
         }
         let text: HfTextConfig = serde_json::from_value(text_value)
             .map_err(|e| Error::file(path, format!("config.json: {}", describe_serde_error(&e))))?;
@@ -210,7 +215,8 @@ mod tests {
 
     #[test]
     fn reads_a_text_config_nested_in_a_multimodal_config() {
-        let cfg = parse(r#"{"model_type": "llama4", "text_config": {"hidden_size": 64}, "vision_config": {}}"#).unwrap();
+        let cfg =
+            parse(r#"{"model_type": "llama4", "text_config": {"hidden_size": 64}, "vision_config": {}}"#).unwrap();
         assert_eq!(cfg.architecture, HfArchitecture::ConditionalGeneration);
         assert_eq!(cfg.text.hidden_size, Some(64));
     }

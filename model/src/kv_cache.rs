@@ -21,7 +21,12 @@ pub struct LayerCache {
 impl LayerCache {
     /// An empty cache for a layer with this span.
     pub fn new(span: Span) -> Self {
-        LayerCache { span, keys: None, values: None, start: 0 }
+        LayerCache {
+            span,
+            keys: None,
+            values: None,
+            start: 0,
+        }
     }
 
     /// Number of keys held.
@@ -65,7 +70,10 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for layers with these spans.
     pub fn new(spans: impl IntoIterator<Item = Span>) -> Self {
-        KvCache { layers: spans.into_iter().map(LayerCache::new).collect(), position: 0 }
+        KvCache {
+            layers: spans.into_iter().map(LayerCache::new).collect(),
+            position: 0,
+        }
     }
 
     /// Tokens processed so far (the absolute position of the next token).

@@ -66,7 +66,14 @@ fn linear(source: &mut dyn WeightSource, name: String, shape: Vec<usize>) -> Res
     Linear::from_hf_weight(&source.take(&name, &shape)?)
 }
 
-fn swiglu(source: &mut dyn WeightSource, names: &WeightNames, i: usize, prefix: &str, d: usize, f: usize) -> Result<SwiGlu> {
+fn swiglu(
+    source: &mut dyn WeightSource,
+    names: &WeightNames,
+    i: usize,
+    prefix: &str,
+    d: usize,
+    f: usize,
+) -> Result<SwiGlu> {
     Ok(SwiGlu {
         gate: linear(source, names.layer(i, &format!("{prefix}gate_proj.weight")), vec![f, d])?,
         up: linear(source, names.layer(i, &format!("{prefix}up_proj.weight")), vec![f, d])?,
@@ -76,7 +83,13 @@ fn swiglu(source: &mut dyn WeightSource, names: &WeightNames, i: usize, prefix: 
 
 impl Llama4 {
     /// Builds the model of `spec`, asking `source` for every tensor named by `names`.
-    pub fn build(spec: ModelSpec, names: &WeightNames, source: &mut dyn WeightSource, dtype: DType, device: Device) -> Result<Self> {
+    pub fn build(
+        spec: ModelSpec,
+        names: &WeightNames,
+        source: &mut dyn WeightSource,
+        dtype: DType,
+        device: Device,
+    ) -> Result<Self> {
         let (d, v) = (spec.hidden_size, spec.vocab_size);
         let (q_width, kv_width) = (spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim);
         let embed = source.take(&names.embed_tokens(), &[v, d])?;
@@ -91,7 +104,9 @@ impl Llama4 {
                 o: linear(source, names.layer(i, "self_attn.o_proj.weight"), vec![d, q_width])?,
             };
             let ffn = match &layer.ffn {
-                Ffn::Dense { intermediate } => FfnBlock::Dense(swiglu(source, names, i, "feed_forward.", d, *intermediate)?),
+                Ffn::Dense { intermediate } => {
+                    FfnBlock::Dense(swiglu(source, names, i, "feed_forward.", d, *intermediate)?)
+                }
                 Ffn::Moe(moe) => {
                     let (e, f) = (moe.num_experts, moe.expert_intermediate);
                     FfnBlock::Moe(Moe {
@@ -106,7 +121,13 @@ impl Llama4 {
                     })
                 }
             };
-            layers.push(DecoderLayer { spec: layer.clone(), input_norm, post_norm, attention, ffn });
+            layers.push(DecoderLayer {
+                spec: layer.clone(),
+                input_norm,
+                post_norm,
+                attention,
+                ffn,
+            });
         }
         let final_norm = source.take(&names.final_norm(), &[d])?;
         let lm_head = match spec.tie_word_embeddings {
@@ -114,7 +135,16 @@ impl Llama4 {
             false => linear(source, names.lm_head(), vec![v, d])?,
         };
         let rope = RotaryTable::new(&spec.rope, spec.head_dim);
-        Ok(Llama4 { spec, dtype, device, embed, layers, final_norm, lm_head, rope })
+        Ok(Llama4 {
+            spec,
+            dtype,
+            device,
+            embed,
+            layers,
+            final_norm,
+            lm_head,
+            rope,
+        })
     }
 
     /// The resolved plan.
@@ -141,22 +171,43 @@ impl Llama4 {
     /// `[b, t, v]`, extending `cache`.
     pub fn forward(&self, ids: &Tensor, cache: &mut KvCache, capture: Capture) -> Result<ForwardOutput> {
         let [b, t] = ids.shape()[..] else {
-            return Err(Error::BadShape { op: "llama4 forward", shape: ids.shape().to_vec(), msg: "input_ids must be [batch, tokens]".into() });
+            return Err(Error::BadShape {
+                op: "llama4 forward",
+                shape: ids.shape().to_vec(),
+                msg: "input_ids must be [batch, tokens]".into(),
+            });
         };
         let d = self.spec.hidden_size;
         let start = cache.position();
-        let shape = AttentionShape { num_heads: self.spec.num_heads, num_kv_heads: self.spec.num_kv_heads, head_dim: self.spec.head_dim };
+        let shape = AttentionShape {
+            num_heads: self.spec.num_heads,
+            num_kv_heads: self.spec.num_kv_heads,
+            head_dim: self.spec.head_dim,
+        };
         let eps = self.spec.rms_norm_eps;
 
         let mut h = l4_core::ops::embedding(&self.embed, &ids.to_device(self.device)?)?; // [b, t, d]
-        let mut output = ForwardOutput { logits: h.clone(), hidden_states: Vec::new(), router_logits: Vec::new() };
+        let mut output = ForwardOutput {
+            logits: h.clone(),
+            hidden_states: Vec::new(),
+            router_logits: Vec::new(),
+        };
         if capture.hidden_states {
             output.hidden_states.push(h.clone());
         }
         for (i, layer) in self.layers.iter().enumerate() {
             // h = h + attn(norm(h))
             let normed = h.rms_norm(Some(&layer.input_norm), eps)?;
-            let attended = attention_forward(&layer.spec, shape, &layer.attention, &self.rope, eps, &normed, start, cache.layer_mut(i))?;
+            let attended = attention_forward(
+                &layer.spec,
+                shape,
+                &layer.attention,
+                &self.rope,
+                eps,
+                &normed,
+                start,
+                cache.layer_mut(i),
+            )?;
             h = h.add(&attended)?;
             // h = h + ffn(norm(h))
             let normed = h.rms_norm(Some(&layer.post_norm), eps)?.reshape(&[b * t, d])?;

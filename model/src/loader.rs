@@ -28,7 +28,10 @@ pub fn resolve(model: &str) -> Result<(ModelSpec, HfArchitecture)> {
         return Ok((p.spec(), HfArchitecture::CausalLm));
     }
     let names: Vec<_> = PRESETS.iter().map(|p| p.name).collect();
-    Err(Error::file(path, format!("no such checkpoint folder, and not a preset ({})", names.join(", "))))
+    Err(Error::file(
+        path,
+        format!("no such checkpoint folder, and not a preset ({})", names.join(", ")),
+    ))
 }
 
 /// Loads `model` (a checkpoint folder or a preset name) in `dtype` on `device`. A checkpoint
@@ -36,7 +39,10 @@ pub fn resolve(model: &str) -> Result<(ModelSpec, HfArchitecture)> {
 /// tensor is an error naming it.
 pub fn load(model: &str, dtype: DType, device: Device) -> Result<Llama4> {
     if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
-        return Err(Error::invalid("load", format!("compute dtype must be f32, bf16 or f16, got {dtype}")));
+        return Err(Error::invalid(
+            "load",
+            format!("compute dtype must be f32, bf16 or f16, got {dtype}"),
+        ));
     }
     let (spec, architecture) = resolve(model)?;
     let names = WeightNames::for_architecture(architecture);

@@ -22,7 +22,10 @@ pub struct Preset {
 impl Preset {
     /// The preset as an HF config.
     pub fn hf_config(&self) -> HfConfig {
-        HfConfig { text: (self.config)(), architecture: HfArchitecture::CausalLm }
+        HfConfig {
+            text: (self.config)(),
+            architecture: HfArchitecture::CausalLm,
+        }
     }
 
     /// The resolved plan. Presets are constants of this crate and always resolve.
@@ -164,7 +167,11 @@ pub const PRESETS: &[Preset] = &[
         description: "Behemoth-shaped: 16 experts, ~288B active; width, depth, heads, expert width ASSUMED",
         config: behemoth,
     },
-    Preset { name: "tiny-scout", description: "tiny Scout-like test model (4 layers, width 64, 4 experts)", config: tiny_scout },
+    Preset {
+        name: "tiny-scout",
+        description: "tiny Scout-like test model (4 layers, width 64, 4 experts)",
+        config: tiny_scout,
+    },
     Preset {
         name: "tiny-maverick",
         description: "tiny Maverick-like test model (dense and MoE layers interleaved)",
@@ -176,7 +183,10 @@ pub const PRESETS: &[Preset] = &[
 pub fn preset(name: &str) -> Result<&'static Preset> {
     PRESETS.iter().find(|p| p.name == name).ok_or_else(|| {
         let names: Vec<_> = PRESETS.iter().map(|p| p.name).collect();
-        Error::invalid("preset", format!("unknown preset {name:?}; known: {}", names.join(", ")))
+        Error::invalid(
+            "preset",
+            format!("unknown preset {name:?}; known: {}", names.join(", ")),
+        )
     })
 }
 

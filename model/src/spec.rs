@@ -149,7 +149,11 @@ fn positive(path: &Path, field: &str, value: usize) -> Result<usize> {
 
 fn positive_f64(path: &Path, field: &str, value: f64) -> Result<f64> {
     if !(value.is_finite() && value > 0.0) {
-        return Err(field_error(path, field, format!("must be a positive number, got {value}")));
+        return Err(field_error(
+            path,
+            field,
+            format!("must be a positive number, got {value}"),
+        ));
     }
     Ok(value)
 }
@@ -173,15 +177,27 @@ impl ModelSpec {
         }
         let head_dim = positive(path, "head_dim", t.head_dim.unwrap_or(hidden_size / num_heads))?;
         if head_dim % 2 != 0 {
-            return Err(field_error(path, "head_dim", format!("{head_dim} must be even for RoPE pairs")));
+            return Err(field_error(
+                path,
+                "head_dim",
+                format!("{head_dim} must be even for RoPE pairs"),
+            ));
         }
         if let Some(act) = &t.hidden_act
             && act != "silu"
         {
-            return Err(field_error(path, "hidden_act", format!("{act:?} is not supported (Llama 4 uses \"silu\")")));
+            return Err(field_error(
+                path,
+                "hidden_act",
+                format!("{act:?} is not supported (Llama 4 uses \"silu\")"),
+            ));
         }
         if t.attention_bias == Some(true) {
-            return Err(field_error(path, "attention_bias", "true is not supported (Llama 4 has no attention bias)"));
+            return Err(field_error(
+                path,
+                "attention_bias",
+                "true is not supported (Llama 4 has no attention bias)",
+            ));
         }
         let rms_norm_eps = positive_f64(path, "rms_norm_eps", t.rms_norm_eps.unwrap_or(1e-5))?;
         let expert_intermediate = positive(path, "intermediate_size", t.intermediate_size.unwrap_or(8192))?;
@@ -233,7 +249,9 @@ impl ModelSpec {
                         router: "llama4".into(),
                     })
                 } else {
-                    Ffn::Dense { intermediate: dense_intermediate }
+                    Ffn::Dense {
+                        intermediate: dense_intermediate,
+                    }
                 };
                 LayerSpec {
                     position,
@@ -275,7 +293,11 @@ impl ModelSpec {
     pub fn param_counts(&self) -> (usize, usize) {
         let d = self.hidden_size;
         let swiglu = |width: usize| 3 * d * width;
-        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * d };
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * d
+        };
         let mut total = self.vocab_size * d + head + d;
         let mut active = total;
         for layer in &self.layers {
@@ -286,7 +308,10 @@ impl ModelSpec {
                     let shared = moe.shared_intermediate.map_or(0, swiglu);
                     let router = d * moe.num_experts;
                     let experts = swiglu(moe.expert_intermediate);
-                    (moe.num_experts * experts + shared + router, moe.top_k * experts + shared + router)
+                    (
+                        moe.num_experts * experts + shared + router,
+                        moe.top_k * experts + shared + router,
+                    )
                 }
             };
             total += common + layer_total;
@@ -306,11 +331,19 @@ impl ModelSpec {
 fn resolve_moe_layers(t: &HfTextConfig, num_layers: usize, path: &Path) -> Result<Vec<usize>> {
     if let Some(list) = &t.moe_layers {
         if let Some(&bad) = list.iter().find(|&&i| i >= num_layers) {
-            return Err(field_error(path, "moe_layers", format!("layer {bad} is beyond num_hidden_layers {num_layers}")));
+            return Err(field_error(
+                path,
+                "moe_layers",
+                format!("layer {bad} is beyond num_hidden_layers {num_layers}"),
+            ));
         }
         return Ok(list.clone());
     }
-    let step = positive(path, "interleave_moe_layer_step", t.interleave_moe_layer_step.unwrap_or(1))?;
+    let step = positive(
+        path,
+        "interleave_moe_layer_step",
+        t.interleave_moe_layer_step.unwrap_or(1),
+    )?;
     Ok((step - 1..num_layers).step_by(step).collect())
 }
 
@@ -329,7 +362,11 @@ fn resolve_uses_rope(t: &HfTextConfig, num_layers: usize, path: &Path) -> Result
             list.iter()
                 .map(|&flag| match flag {
                     0 | 1 => Ok(flag == 1),
-                    _ => Err(field_error(path, "no_rope_layers", format!("entries must be 0 or 1, got {flag}"))),
+                    _ => Err(field_error(
+                        path,
+                        "no_rope_layers",
+                        format!("entries must be 0 or 1, got {flag}"),
+                    )),
                 })
                 .collect()
         }
@@ -347,7 +384,11 @@ fn resolve_chunked(t: &HfTextConfig, uses_rope: &[bool], path: &Path) -> Result<
         return Ok(uses_rope.to_vec());
     };
     if types.len() != uses_rope.len() {
-        return Err(field_error(path, "layer_types", format!("has {} entries for {} layers", types.len(), uses_rope.len())));
+        return Err(field_error(
+            path,
+            "layer_types",
+            format!("has {} entries for {} layers", types.len(), uses_rope.len()),
+        ));
     }
     types
         .iter()
@@ -357,13 +398,22 @@ fn resolve_chunked(t: &HfTextConfig, uses_rope: &[bool], path: &Path) -> Result<
             let chunked = match kind.as_str() {
                 "chunked_attention" => true,
                 "full_attention" => false,
-                other => return Err(field_error(path, "layer_types", format!("unknown layer type {other:?} at layer {i}"))),
+                other => {
+                    return Err(field_error(
+                        path,
+                        "layer_types",
+                        format!("unknown layer type {other:?} at layer {i}"),
+                    ));
+                }
             };
             if chunked != rope {
                 return Err(field_error(
                     path,
                     "layer_types",
-                    format!("layer {i} is {kind:?} but no_rope_layers says it {} RoPE", if rope { "uses" } else { "skips" }),
+                    format!(
+                        "layer {i} is {kind:?} but no_rope_layers says it {} RoPE",
+                        if rope { "uses" } else { "skips" }
+                    ),
                 ));
             }
             Ok(chunked)
@@ -374,8 +424,17 @@ fn resolve_chunked(t: &HfTextConfig, uses_rope: &[bool], path: &Path) -> Result<
 fn resolve_rope(t: &HfTextConfig, path: &Path) -> Result<RopeSpec> {
     // transformers 5 keeps theta inside rope_parameters; transformers 4 at the top level.
     let params = t.rope_parameters.as_ref().or(t.rope_scaling.as_ref());
-    let field = if t.rope_parameters.is_some() { "rope_parameters" } else { "rope_scaling" };
-    let theta = t.rope_parameters.as_ref().and_then(|p| p.rope_theta).or(t.rope_theta).unwrap_or(500_000.0);
+    let field = if t.rope_parameters.is_some() {
+        "rope_parameters"
+    } else {
+        "rope_scaling"
+    };
+    let theta = t
+        .rope_parameters
+        .as_ref()
+        .and_then(|p| p.rope_theta)
+        .or(t.rope_theta)
+        .unwrap_or(500_000.0);
     let theta = positive_f64(path, "rope_theta", theta)?;
     let scaling = match params.and_then(|p| p.rope_type.as_deref()) {
         None | Some("default") => None,
@@ -398,11 +457,21 @@ fn resolve_rope(t: &HfTextConfig, path: &Path) -> Result<RopeSpec> {
                 )?,
             };
             if scaling.high_freq_factor < scaling.low_freq_factor {
-                return Err(field_error(path, field, "high_freq_factor must be at least low_freq_factor"));
+                return Err(field_error(
+                    path,
+                    field,
+                    "high_freq_factor must be at least low_freq_factor",
+                ));
             }
             Some(scaling)
         }
-        Some(other) => return Err(field_error(path, field, format!("rope type {other:?} is not supported (llama3 or default)"))),
+        Some(other) => {
+            return Err(field_error(
+                path,
+                field,
+                format!("rope type {other:?} is not supported (llama3 or default)"),
+            ));
+        }
     };
     Ok(RopeSpec { theta, scaling })
 }
@@ -445,7 +514,8 @@ mod tests {
 
     #[test]
     fn interleave_step_two_makes_odd_layers_moe_and_even_layers_dense() {
-        let s = spec(r#"{"num_hidden_layers": 4, "interleave_moe_layer_step": 2, "intermediate_size_mlp": 96}"#).unwrap();
+        let s =
+            spec(r#"{"num_hidden_layers": 4, "interleave_moe_layer_step": 2, "intermediate_size_mlp": 96}"#).unwrap();
         assert_eq!(s.layers[0].ffn, Ffn::Dense { intermediate: 96 });
         assert!(matches!(s.layers[1].ffn, Ffn::Moe(_)));
         assert_eq!(s.layers[2].ffn, Ffn::Dense { intermediate: 96 });
@@ -471,7 +541,10 @@ mod tests {
 
     #[test]
     fn temperature_is_exactly_one_below_floor_scale() {
-        let t = Temperature { floor_scale: 8192.0, attn_scale: 0.1 };
+        let t = Temperature {
+            floor_scale: 8192.0,
+            attn_scale: 0.1,
+        };
         assert_eq!(t.factor(0), 1.0);
         assert_eq!(t.factor(8190), 1.0);
         assert!((t.factor(8191) - (1.0 + 0.1 * 2f64.ln())).abs() < 1e-15);
@@ -480,17 +553,29 @@ mod tests {
     #[test]
     fn contradictions_and_bad_values_are_errors_naming_the_field() {
         let cases = [
-            (r#"{"num_attention_heads": 6, "num_key_value_heads": 4}"#, "num_key_value_heads"),
+            (
+                r#"{"num_attention_heads": 6, "num_key_value_heads": 4}"#,
+                "num_key_value_heads",
+            ),
             (r#"{"hidden_size": 0}"#, "hidden_size"),
             (r#"{"num_hidden_layers": 2, "no_rope_layers": [1]}"#, "no_rope_layers"),
-            (r#"{"num_hidden_layers": 2, "no_rope_layers": [1, 2]}"#, "no_rope_layers"),
+            (
+                r#"{"num_hidden_layers": 2, "no_rope_layers": [1, 2]}"#,
+                "no_rope_layers",
+            ),
             (r#"{"num_hidden_layers": 2, "moe_layers": [5]}"#, "moe_layers"),
             (
                 r#"{"num_hidden_layers": 2, "no_rope_layers": [1, 1], "layer_types": ["chunked_attention", "full_attention"]}"#,
                 "layer_types",
             ),
-            (r#"{"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}"#, "rope_scaling"),
-            (r#"{"rope_scaling": {"rope_type": "llama3", "factor": 2.0}}"#, "rope_scaling"),
+            (
+                r#"{"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}"#,
+                "rope_scaling",
+            ),
+            (
+                r#"{"rope_scaling": {"rope_type": "llama3", "factor": 2.0}}"#,
+                "rope_scaling",
+            ),
             (r#"{"num_experts_per_tok": 17}"#, "num_experts_per_tok"),
             (r#"{"hidden_act": "gelu"}"#, "hidden_act"),
             (r#"{"rms_norm_eps": -1.0}"#, "rms_norm_eps"),

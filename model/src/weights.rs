@@ -27,10 +27,14 @@ impl WeightNames {
     /// The names for checkpoints written by `architecture`.
     pub fn for_architecture(architecture: HfArchitecture) -> Self {
         match architecture {
-            HfArchitecture::CausalLm => WeightNames { model: "model.", lm_head: "lm_head.weight" },
-            HfArchitecture::ConditionalGeneration => {
-                WeightNames { model: "language_model.model.", lm_head: "language_model.lm_head.weight" }
-            }
+            HfArchitecture::CausalLm => WeightNames {
+                model: "model.",
+                lm_head: "lm_head.weight",
+            },
+            HfArchitecture::ConditionalGeneration => WeightNames {
+                model: "language_model.model.",
+                lm_head: "language_model.lm_head.weight",
+            },
         }
     }
 
@@ -78,9 +82,15 @@ impl WeightNames {
                     names.push((self.layer(i, "feed_forward.experts.gate_up_proj"), vec![e, d, 2 * f]));
                     names.push((self.layer(i, "feed_forward.experts.down_proj"), vec![e, f, d]));
                     if let Some(fs) = moe.shared_intermediate {
-                        names.push((self.layer(i, "feed_forward.shared_expert.gate_proj.weight"), vec![fs, d]));
+                        names.push((
+                            self.layer(i, "feed_forward.shared_expert.gate_proj.weight"),
+                            vec![fs, d],
+                        ));
                         names.push((self.layer(i, "feed_forward.shared_expert.up_proj.weight"), vec![fs, d]));
-                        names.push((self.layer(i, "feed_forward.shared_expert.down_proj.weight"), vec![d, fs]));
+                        names.push((
+                            self.layer(i, "feed_forward.shared_expert.down_proj.weight"),
+                            vec![d, fs],
+                        ));
                     }
                 }
             }
@@ -111,7 +121,12 @@ pub struct CheckpointSource<'a> {
 impl<'a> CheckpointSource<'a> {
     /// Reads from `checkpoint`, converting to `dtype` on `device`.
     pub fn new(checkpoint: &'a Checkpoint, dtype: DType, device: Device) -> Self {
-        CheckpointSource { checkpoint, dtype, device, consumed: BTreeSet::new() }
+        CheckpointSource {
+            checkpoint,
+            dtype,
+            device,
+            consumed: BTreeSet::new(),
+        }
     }
 
     /// Fails naming the first tensor of the checkpoint that no parameter consumed (tensors of
@@ -128,7 +143,10 @@ impl<'a> CheckpointSource<'a> {
             None => Ok(()),
             Some(first) => Err(Error::file(
                 self.checkpoint.path(),
-                format!("tensor {first:?} is not a parameter of this model ({} unused tensors in all)", unused.len()),
+                format!(
+                    "tensor {first:?} is not a parameter of this model ({} unused tensors in all)",
+                    unused.len()
+                ),
             )),
         }
     }
@@ -138,7 +156,13 @@ impl WeightSource for CheckpointSource<'_> {
     fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let info = self.checkpoint.info(name)?;
         if !matches!(info.dtype, DType::F32 | DType::F16 | DType::BF16) {
-            return Err(Error::file(&info.file, format!("tensor {name:?} has dtype {}, expected a float (f32, f16, bf16)", info.dtype)));
+            return Err(Error::file(
+                &info.file,
+                format!(
+                    "tensor {name:?} has dtype {}, expected a float (f32, f16, bf16)",
+                    info.dtype
+                ),
+            ));
         }
         let tensor = self.checkpoint.load_expect(name, shape, info.dtype, Device::Cpu)?;
         self.consumed.insert(name.to_string());
@@ -176,7 +200,9 @@ impl WeightSource for RandomSource {
         };
         // Each tensor's stream is keyed by its name (FNV-1a), so adding or reordering tensors
         // does not change the others.
-        let name_hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let name_hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
         Tensor::randn(shape, DType::F32, self.seed ^ name_hash, Device::Cpu)?
             .scale(std)?
             .to_dtype(self.dtype)?

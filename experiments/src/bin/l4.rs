@@ -1,8 +1,12 @@
-//! The `l4` command: l4lab's entry point for users.
+//! The `l4` command: l4lab's entry point for users. Every failure is a one-line error and a
+//! non-zero exit status; no command leaves a partial output file behind.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use l4_core::{DType, Device};
+use l4_experiments::run::{self, RunOptions};
 
 /// l4lab: a research framework for Llama 4 with hand-written CUDA kernels.
 #[derive(Debug, Parser)]
@@ -12,18 +16,97 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Debug, clap::Args)]
+struct ModelArgs {
+    /// An HF checkpoint folder (config.json + *.safetensors) or a preset name.
+    #[arg(long)]
+    model: String,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: Device,
+    /// Compute dtype: f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: DType,
+}
+
+impl ModelArgs {
+    fn options(&self) -> RunOptions {
+        RunOptions {
+            model: self.model.clone(),
+            device: self.device,
+            dtype: self.dtype,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Print the devices found, NVRTC availability and the built-in presets.
-    Info,
+    /// Devices, NVRTC and presets; with --model, the resolved plan and its sizes.
+    Info {
+        /// A checkpoint folder or preset to describe (nothing is allocated).
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Logits for every position of `input_ids`.
+    Logits {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// safetensors file holding `input_ids` (I64 [batch, tokens]).
+        #[arg(long)]
+        input: PathBuf,
+        /// safetensors file to write `logits` (F32 [batch, tokens, vocab]) to.
+        #[arg(long)]
+        output: PathBuf,
+        /// Also write the hidden state after each layer and each MoE layer's router logits.
+        #[arg(long)]
+        dump_hidden: bool,
+    },
+    /// Greedy decoding from all of `input_ids`, with the KV cache.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// safetensors file holding `input_ids` (I64 [batch, tokens]).
+        #[arg(long)]
+        input: PathBuf,
+        /// New tokens per sequence.
+        #[arg(long)]
+        max_new_tokens: usize,
+        /// safetensors file to write `generated_ids` (I64 [batch, new tokens]) to.
+        #[arg(long)]
+        output: PathBuf,
+        /// Stop a sequence at an end-of-sequence id from the config.
+        #[arg(long)]
+        stop_at_eos: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Info => {
+    let result = match cli.command {
+        Command::Info { model: None } => {
             print!("{}", l4_experiments::info::report());
-            ExitCode::SUCCESS
+            Ok(())
+        }
+        Command::Info { model: Some(model) } => l4_experiments::info::model_report(&model).map(|r| print!("{r}")),
+        Command::Logits {
+            model,
+            input,
+            output,
+            dump_hidden,
+        } => run::logits(&model.options(), &input, &output, dump_hidden),
+        Command::Generate {
+            model,
+            input,
+            max_new_tokens,
+            output,
+            stop_at_eos,
+        } => run::generate(&model.options(), &input, &output, max_new_tokens, stop_at_eos),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -35,7 +35,12 @@ pub struct AttentionShape {
 /// Query blocks whose keys form one contiguous range: a chunk for chunked layers (queries in
 /// chunk c see keys of chunk c only), everything for global layers. Returns, per block, the
 /// query range (offsets into the current step) and the absolute key range.
-fn query_blocks(span: Span, start: usize, t: usize, cache_start: usize) -> Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> {
+fn query_blocks(
+    span: Span,
+    start: usize,
+    t: usize,
+    cache_start: usize,
+) -> Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> {
     match span {
         Span::Global => vec![(0..t, cache_start..start + t)],
         Span::Chunked(chunk) => {
@@ -54,7 +59,13 @@ fn query_blocks(span: Span, start: usize, t: usize, cache_start: usize) -> Vec<(
 
 /// Additive causal mask `[rows, keys]` for one block: rows are `g` query heads × `tq` tokens
 /// (head-major), a key is visible when its position is at most the query's.
-fn causal_mask(g: usize, queries: std::ops::Range<usize>, start: usize, keys: std::ops::Range<usize>, dtype: DType) -> Result<Tensor> {
+fn causal_mask(
+    g: usize,
+    queries: std::ops::Range<usize>,
+    start: usize,
+    keys: std::ops::Range<usize>,
+    dtype: DType,
+) -> Result<Tensor> {
     let tq = queries.len();
     let nk = keys.len();
     let mut mask = vec![0.0f32; g * tq * nk];
@@ -82,9 +93,17 @@ pub fn attention_forward(
     cache: &mut LayerCache,
 ) -> Result<Tensor> {
     let [b, t, _] = x.shape()[..] else {
-        return Err(Error::BadShape { op: "attention", shape: x.shape().to_vec(), msg: "expected [b, t, d]".into() });
+        return Err(Error::BadShape {
+            op: "attention",
+            shape: x.shape().to_vec(),
+            msg: "expected [b, t, d]".into(),
+        });
     };
-    let AttentionShape { num_heads: h, num_kv_heads: hk, head_dim: dh } = shape;
+    let AttentionShape {
+        num_heads: h,
+        num_kv_heads: hk,
+        head_dim: dh,
+    } = shape;
     let g = h / hk;
     let mut q = weights.q.forward(x)?.reshape(&[b, t, h, dh])?;
     let mut k = weights.k.forward(x)?.reshape(&[b, t, hk, dh])?;
@@ -115,7 +134,10 @@ pub fn attention_forward(
     let mut outputs = Vec::new();
     for (queries, key_range) in query_blocks(layer.span, start, t, cache_start) {
         let tq = queries.len();
-        let q_block = q.narrow(3, queries.start, tq)?.contiguous()?.reshape(&[b, hk, g * tq, dh])?;
+        let q_block = q
+            .narrow(3, queries.start, tq)?
+            .contiguous()?
+            .reshape(&[b, hk, g * tq, dh])?;
         let k_block = keys.narrow(2, key_range.start - cache_start, key_range.len())?;
         let v_block = values.narrow(2, key_range.start - cache_start, key_range.len())?;
         let mask = causal_mask(g, queries.clone(), start, key_range, q.dtype())?.to_device(x.device())?;
@@ -125,7 +147,11 @@ pub fn attention_forward(
     }
     let refs: Vec<&Tensor> = outputs.iter().collect();
     let attended = Tensor::cat(&refs, 3)?; // [b, hk, g, t, dh]
-    let attended = attended.reshape(&[b, h, t, dh])?.permute(&[0, 2, 1, 3])?.contiguous()?.reshape(&[b, t, h * dh])?;
+    let attended = attended
+        .reshape(&[b, h, t, dh])?
+        .permute(&[0, 2, 1, 3])?
+        .contiguous()?
+        .reshape(&[b, t, h * dh])?;
     weights.o.forward(&attended)
 }
 

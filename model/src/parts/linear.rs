@@ -12,14 +12,22 @@ impl Linear {
     /// From an HF `nn.Linear` weight `[out, in]`.
     pub fn from_hf_weight(weight: &Tensor) -> Result<Self> {
         if weight.rank() != 2 {
-            return Err(Error::BadShape { op: "linear", shape: weight.shape().to_vec(), msg: "expected [out, in]".into() });
+            return Err(Error::BadShape {
+                op: "linear",
+                shape: weight.shape().to_vec(),
+                msg: "expected [out, in]".into(),
+            });
         }
-        Ok(Linear { weight_t: weight.transpose(0, 1)?.contiguous()? })
+        Ok(Linear {
+            weight_t: weight.transpose(0, 1)?.contiguous()?,
+        })
     }
 
     /// From a weight already laid out `[in, out]` (HF's fused expert tensors, applied as x·W).
     pub fn from_in_out(weight_t: Tensor) -> Result<Self> {
-        Ok(Linear { weight_t: weight_t.contiguous()? })
+        Ok(Linear {
+            weight_t: weight_t.contiguous()?,
+        })
     }
 
     /// Input features.

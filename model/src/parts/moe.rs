@@ -43,7 +43,11 @@ impl Moe {
     /// each expert runs one GEMM over its tokens, and unchosen experts do no work.
     pub fn forward(&self, x: &Tensor) -> Result<MoeOutput> {
         let [n, d] = x.shape()[..] else {
-            return Err(Error::BadShape { op: "moe", shape: x.shape().to_vec(), msg: "expected [n, d]".into() });
+            return Err(Error::BadShape {
+                op: "moe",
+                shape: x.shape().to_vec(),
+                msg: "expected [n, d]".into(),
+            });
         };
         let n_experts = self.num_experts();
         let f = self.down.shape()[1];
@@ -62,7 +66,12 @@ impl Moe {
         for (expert, tokens) in slots.iter().enumerate().filter(|(_, t)| !t.is_empty()) {
             let ids: Vec<i64> = tokens.iter().map(|&(t, _)| t as i64).collect();
             let ids = Tensor::from_vec(ids, &[tokens.len()], Device::Cpu)?.to_device(x.device())?;
-            let weights = Tensor::from_f32_vec(tokens.iter().map(|&(_, w)| w).collect(), &[tokens.len(), 1], x.dtype(), x.device())?;
+            let weights = Tensor::from_f32_vec(
+                tokens.iter().map(|&(_, w)| w).collect(),
+                &[tokens.len(), 1],
+                x.dtype(),
+                x.device(),
+            )?;
             let mut x_e = x.index_select(0, &ids)?; // [n_e, d]
             if routing.placement == WeightPlacement::Input {
                 x_e = x_e.mul(&weights)?;
@@ -82,6 +91,10 @@ impl Moe {
             }
         }
         let output = Tensor::from_f32_vec(combined, &[n, d], x.dtype(), x.device())?;
-        Ok(MoeOutput { output, router_logits, routing })
+        Ok(MoeOutput {
+            output,
+            router_logits,
+            routing,
+        })
     }
 }

@@ -63,7 +63,11 @@ impl RotaryTable {
     pub fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
         let shape = x.shape().to_vec();
         let [_, t, heads, head_dim] = shape[..] else {
-            return Err(l4_core::Error::BadShape { op: "rope", shape, msg: "expected [b, t, heads, dh]".into() });
+            return Err(l4_core::Error::BadShape {
+                op: "rope",
+                shape,
+                msg: "expected [b, t, heads, dh]".into(),
+            });
         };
         if head_dim != 2 * self.inv_freq.len() {
             return Err(l4_core::Error::BadShape {
@@ -74,8 +78,10 @@ impl RotaryTable {
         }
         let mut values = x.to_f32_vec()?;
         // Angles per (token, pair), shared by every batch row and head.
-        let table: Vec<(f32, f32)> =
-            (0..t).flat_map(|i| (0..head_dim / 2).map(move |j| (i, j))).map(|(i, j)| self.cos_sin(start + i, j)).collect();
+        let table: Vec<(f32, f32)> = (0..t)
+            .flat_map(|i| (0..head_dim / 2).map(move |j| (i, j)))
+            .map(|(i, j)| self.cos_sin(start + i, j))
+            .collect();
         for (row, head_vec) in values.chunks_mut(head_dim).enumerate() {
             let token = (row / heads) % t;
             let angles = &table[token * head_dim / 2..(token + 1) * head_dim / 2];
@@ -106,7 +112,13 @@ mod tests {
             }),
         };
         let scaled = RotaryTable::new(&rope, 128);
-        let plain = RotaryTable::new(&RopeSpec { theta: 500_000.0, scaling: None }, 128);
+        let plain = RotaryTable::new(
+            &RopeSpec {
+                theta: 500_000.0,
+                scaling: None,
+            },
+            128,
+        );
         for j in 0..64 {
             let ratio = plain.inv_freq()[j] / scaled.inv_freq()[j];
             let expected = if j < 35 { 1.0 } else { 16.0 };
@@ -118,10 +130,19 @@ mod tests {
     #[test]
     fn rotation_pairs_adjacent_elements() {
         // One head of width 4, theta chosen so θ_0 = 1: position 1 rotates (x0, x1) by 1 rad.
-        let table = RotaryTable::new(&RopeSpec { theta: 10_000.0, scaling: None }, 4);
+        let table = RotaryTable::new(
+            &RopeSpec {
+                theta: 10_000.0,
+                scaling: None,
+            },
+            4,
+        );
         let x = Tensor::from_vec(vec![1.0f32, 0.0, 0.0, 0.0], &[1, 1, 1, 4], l4_core::Device::Cpu).unwrap();
         let y = table.apply(&x, 1).unwrap().to_f32_vec().unwrap();
-        assert!((y[0] - 1f32.cos()).abs() < 1e-6 && (y[1] - 1f32.sin()).abs() < 1e-6, "{y:?}");
+        assert!(
+            (y[0] - 1f32.cos()).abs() < 1e-6 && (y[1] - 1f32.sin()).abs() < 1e-6,
+            "{y:?}"
+        );
         assert_eq!(&y[2..], &[0.0, 0.0]);
     }
 }

@@ -50,7 +50,10 @@ impl Router for Llama4Router {
 
     fn route(&self, logits: &[f32], n_tokens: usize, n_experts: usize) -> Result<Routing> {
         if n_experts == 0 || logits.len() != n_tokens * n_experts {
-            return Err(Error::invalid("llama4 router", format!("{} logits for {n_tokens} tokens x {n_experts} experts", logits.len())));
+            return Err(Error::invalid(
+                "llama4 router",
+                format!("{} logits for {n_tokens} tokens x {n_experts} experts", logits.len()),
+            ));
         }
         let mut experts = Vec::with_capacity(n_tokens);
         let mut weights = Vec::with_capacity(n_tokens);
@@ -63,7 +66,12 @@ impl Router for Llama4Router {
             experts.push(best);
             weights.push(1.0 / (1.0 + (-logit).exp()));
         }
-        Ok(Routing { top_k: 1, experts, weights, placement: WeightPlacement::Input })
+        Ok(Routing {
+            top_k: 1,
+            experts,
+            weights,
+            placement: WeightPlacement::Input,
+        })
     }
 }
 
@@ -74,7 +82,10 @@ pub const ROUTER_NAMES: &[&str] = &["llama4"];
 pub fn router_by_name(name: &str) -> Result<Box<dyn Router>> {
     match name {
         "llama4" => Ok(Box::new(Llama4Router)),
-        other => Err(Error::invalid("router", format!("unknown routing strategy {other:?}; known: {}", ROUTER_NAMES.join(", ")))),
+        other => Err(Error::invalid(
+            "router",
+            format!("unknown routing strategy {other:?}; known: {}", ROUTER_NAMES.join(", ")),
+        )),
     }
 }
 

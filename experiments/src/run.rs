@@ -1,0 +1,129 @@
+//! `l4 logits` and `l4 generate`: run a model over token ids read from a safetensors file.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use l4_core::checkpoint::{Checkpoint, save_safetensors};
+use l4_core::{DType, Device, Tensor};
+use l4_model::generate::{GreedyOptions, greedy};
+use l4_model::{Capture, Llama4, loader};
+
+/// Common options of the model-running commands.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Checkpoint folder or preset name.
+    pub model: String,
+    /// Where to run.
+    pub device: Device,
+    /// Compute dtype.
+    pub dtype: DType,
+}
+
+/// Reads `input_ids` (I64 or I32 `[b, t]`) from a safetensors file, checking ids against the
+/// vocabulary.
+pub fn read_input_ids(path: &Path, vocab_size: usize) -> Result<Tensor> {
+    let checkpoint = Checkpoint::open(path)?;
+    let info = checkpoint
+        .info("input_ids")
+        .with_context(|| format!("{}: no tensor `input_ids`", path.display()))?;
+    if !matches!(info.dtype, DType::I64 | DType::I32) {
+        bail!(
+            "{}: `input_ids` has dtype {}, expected i64 (or i32)",
+            path.display(),
+            info.dtype
+        );
+    }
+    if info.shape.len() != 2 || info.shape.contains(&0) {
+        bail!(
+            "{}: `input_ids` has shape {:?}, expected [batch, tokens] with both non-zero",
+            path.display(),
+            info.shape
+        );
+    }
+    let ids = checkpoint.load("input_ids", Device::Cpu)?.to_dtype(DType::I64)?;
+    if let Some(&bad) = ids
+        .to_vec::<i64>()?
+        .iter()
+        .find(|&&id| id < 0 || id as usize >= vocab_size)
+    {
+        bail!(
+            "{}: `input_ids` holds token id {bad}, outside the vocabulary 0..{vocab_size}",
+            path.display()
+        );
+    }
+    Ok(ids)
+}
+
+fn load_model(options: &RunOptions) -> Result<Llama4> {
+    loader::load(&options.model, options.dtype, options.device.ensure_usable()?).map_err(Into::into)
+}
+
+fn check_output_path(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        bail!("{}: is a directory, expected an output file path", path.display());
+    }
+    Ok(())
+}
+
+/// `l4 logits`: one forward over all of `input_ids`; writes `logits` (F32 [b, t, v]) and, with
+/// `dump_hidden`, `hidden_states.{i}` and `router_logits.{layer}`.
+pub fn logits(options: &RunOptions, input: &Path, output: &Path, dump_hidden: bool) -> Result<()> {
+    check_output_path(output)?;
+    let model = load_model(options)?;
+    let ids = read_input_ids(input, model.spec().vocab_size)?;
+    let capture = Capture {
+        hidden_states: dump_hidden,
+        router_logits: dump_hidden,
+    };
+    let mut cache = model.new_cache();
+    let out = model.forward(&ids, &mut cache, capture)?;
+    let mut tensors: Vec<(String, Tensor)> = vec![("logits".into(), out.logits.to_dtype(DType::F32)?)];
+    for (i, h) in out.hidden_states.iter().enumerate() {
+        tensors.push((format!("hidden_states.{i}"), h.to_dtype(DType::F32)?));
+    }
+    for (layer, logits) in &out.router_logits {
+        tensors.push((format!("router_logits.{layer}"), logits.to_dtype(DType::F32)?));
+    }
+    let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    save_safetensors(output, &refs, None)?;
+    Ok(())
+}
+
+/// `l4 generate`: greedy decoding with the KV cache; writes `generated_ids` (I64 [b, n]).
+pub fn generate(
+    options: &RunOptions,
+    input: &Path,
+    output: &Path,
+    max_new_tokens: usize,
+    stop_at_eos: bool,
+) -> Result<()> {
+    check_output_path(output)?;
+    let model = load_model(options)?;
+    let ids = read_input_ids(input, model.spec().vocab_size)?;
+    let stop_ids = if stop_at_eos {
+        model.spec().eos_token_ids.clone()
+    } else {
+        Vec::new()
+    };
+    let started = Instant::now();
+    let generated = greedy(
+        &model,
+        &ids,
+        &GreedyOptions {
+            max_new_tokens,
+            stop_ids,
+        },
+        |_| {},
+    )?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let new_tokens = generated.elem_count();
+    eprintln!(
+        "generated {new_tokens} tokens in {elapsed:.2} s ({:.1} tokens/s)",
+        new_tokens as f64 / elapsed.max(1e-9)
+    );
+    let metadata = HashMap::from([("model".to_string(), options.model.clone())]);
+    save_safetensors(output, &[("generated_ids", &generated)], Some(&metadata))?;
+    Ok(())
+}
