@@ -1,6 +1,7 @@
 //! `l4 logits` and `l4 generate`: run a model over token ids read from a safetensors file.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
@@ -91,39 +92,86 @@ pub fn logits(options: &RunOptions, input: &Path, output: &Path, dump_hidden: bo
     Ok(())
 }
 
+/// Where `l4 generate` takes its prompt from.
+#[derive(Clone, Debug)]
+pub enum PromptSource {
+    /// `input_ids` in a safetensors file.
+    InputFile(std::path::PathBuf),
+    /// Text, tokenized with the checkpoint folder's tokenizer.json.
+    Text(String),
+}
+
+/// Token ids `[1, t]` of `text` under `model`'s tokenizer.json, and the tokenizer.
+fn tokenize(model: &str, text: &str, vocab_size: usize) -> Result<(Tensor, tokenizers::Tokenizer)> {
+    let path = Path::new(model).join("tokenizer.json");
+    if !path.is_file() {
+        bail!("{}: --prompt needs a tokenizer.json in the model folder", path.display());
+    }
+    let tokenizer = tokenizers::Tokenizer::from_file(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let encoding = tokenizer.encode(text, true).map_err(|e| anyhow::anyhow!("{}: cannot encode the prompt: {e}", path.display()))?;
+    let ids: Vec<i64> = encoding.get_ids().iter().map(|&id| i64::from(id)).collect();
+    if ids.is_empty() {
+        bail!("the prompt encodes to no tokens");
+    }
+    if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab_size) {
+        bail!("{}: token id {bad} is outside the model's vocabulary 0..{vocab_size}", path.display());
+    }
+    let t = ids.len();
+    Ok((Tensor::from_vec(ids, &[1, t], Device::Cpu)?, tokenizer))
+}
+
+/// Prints the text of `ids` beyond what was already printed (decoding the whole sequence each
+/// time, so tokens that only form a character together print correctly).
+fn stream_text(tokenizer: &tokenizers::Tokenizer, ids: &[u32], printed: &mut usize) {
+    if let Ok(text) = tokenizer.decode(ids, true)
+        && text.len() > *printed
+        && text.is_char_boundary(*printed)
+    {
+        print!("{}", &text[*printed..]);
+        let _ = std::io::stdout().flush();
+        *printed = text.len();
+    }
+}
+
 /// `l4 generate`: greedy decoding with the KV cache; writes `generated_ids` (I64 [b, n]).
 pub fn generate(
     options: &RunOptions,
-    input: &Path,
-    output: &Path,
+    prompt: &PromptSource,
+    output: Option<&Path>,
     max_new_tokens: usize,
     stop_at_eos: bool,
 ) -> Result<()> {
-    check_output_path(output)?;
+    if let Some(output) = output {
+        check_output_path(output)?;
+    }
     let model = load_model(options)?;
-    let ids = read_input_ids(input, model.spec().vocab_size)?;
-    let stop_ids = if stop_at_eos {
-        model.spec().eos_token_ids.clone()
-    } else {
-        Vec::new()
+    let vocab_size = model.spec().vocab_size;
+    let (ids, tokenizer) = match prompt {
+        PromptSource::InputFile(path) => (read_input_ids(path, vocab_size)?, None),
+        PromptSource::Text(text) => {
+            let (ids, tokenizer) = tokenize(&options.model, text, vocab_size)?;
+            (ids, Some(tokenizer))
+        }
     };
+    let stop_ids = if stop_at_eos { model.spec().eos_token_ids.clone() } else { Vec::new() };
+    let mut streamed: Vec<u32> = Vec::new();
+    let mut printed = 0;
     let started = Instant::now();
-    let generated = greedy(
-        &model,
-        &ids,
-        &GreedyOptions {
-            max_new_tokens,
-            stop_ids,
-        },
-        |_| {},
-    )?;
+    let generated = greedy(&model, &ids, &GreedyOptions { max_new_tokens, stop_ids }, |next| {
+        if let (Some(tokenizer), Some(&id)) = (&tokenizer, next.first()) {
+            streamed.push(id as u32);
+            stream_text(tokenizer, &streamed, &mut printed);
+        }
+    })?;
     let elapsed = started.elapsed().as_secs_f64();
+    if tokenizer.is_some() {
+        println!();
+    }
     let new_tokens = generated.elem_count();
-    eprintln!(
-        "generated {new_tokens} tokens in {elapsed:.2} s ({:.1} tokens/s)",
-        new_tokens as f64 / elapsed.max(1e-9)
-    );
-    let metadata = HashMap::from([("model".to_string(), options.model.clone())]);
-    save_safetensors(output, &[("generated_ids", &generated)], Some(&metadata))?;
+    eprintln!("generated {new_tokens} tokens in {elapsed:.2} s ({:.1} tokens/s)", new_tokens as f64 / elapsed.max(1e-9));
+    if let Some(output) = output {
+        let metadata = HashMap::from([("model".to_string(), options.model.clone())]);
+        save_safetensors(output, &[("generated_ids", &generated)], Some(&metadata))?;
+    }
     Ok(())
 }

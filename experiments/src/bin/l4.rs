@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use l4_core::{DType, Device};
-use l4_experiments::run::{self, RunOptions};
+use l4_experiments::run::{self, PromptSource, RunOptions};
 
 /// l4lab: a research framework for Llama 4 with hand-written CUDA kernels.
 #[derive(Debug, Parser)]
@@ -66,14 +66,19 @@ enum Command {
         #[command(flatten)]
         model: ModelArgs,
         /// safetensors file holding `input_ids` (I64 [batch, tokens]).
+        #[arg(long, required_unless_present = "prompt", conflicts_with = "prompt")]
+        input: Option<PathBuf>,
+        /// Text to continue, tokenized with the model folder's tokenizer.json; the
+        /// continuation is printed as it is produced.
         #[arg(long)]
-        input: PathBuf,
+        prompt: Option<String>,
         /// New tokens per sequence.
-        #[arg(long)]
+        #[arg(long, default_value_t = 32)]
         max_new_tokens: usize,
-        /// safetensors file to write `generated_ids` (I64 [batch, new tokens]) to.
-        #[arg(long)]
-        output: PathBuf,
+        /// safetensors file to write `generated_ids` (I64 [batch, new tokens]) to; required
+        /// with --input.
+        #[arg(long, required_unless_present = "prompt")]
+        output: Option<PathBuf>,
         /// Stop a sequence at an end-of-sequence id from the config.
         #[arg(long)]
         stop_at_eos: bool,
@@ -94,13 +99,14 @@ fn main() -> ExitCode {
             output,
             dump_hidden,
         } => run::logits(&model.options(), &input, &output, dump_hidden),
-        Command::Generate {
-            model,
-            input,
-            max_new_tokens,
-            output,
-            stop_at_eos,
-        } => run::generate(&model.options(), &input, &output, max_new_tokens, stop_at_eos),
+        Command::Generate { model, input, prompt, max_new_tokens, output, stop_at_eos } => {
+            match (input, prompt) {
+                (Some(path), _) => Ok(PromptSource::InputFile(path)),
+                (_, Some(text)) => Ok(PromptSource::Text(text)),
+                (None, None) => Err(anyhow::anyhow!("generate needs --input or --prompt")),
+            }
+            .and_then(|source| run::generate(&model.options(), &source, output.as_deref(), max_new_tokens, stop_at_eos))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
