@@ -14,8 +14,13 @@ fn matmul(c: &mut Criterion) {
             let a = Tensor::randn(&[shape.m, shape.k], dtype, 1, Device::Cpu).expect("lhs");
             let b = Tensor::randn(&[shape.k, shape.n], dtype, 2, Device::Cpu).expect("rhs");
             group.throughput(units::matmul(shape.m, shape.n, shape.k, dtype, dtype));
-            let id = BenchmarkId::new(format!("{}/{dtype}", shape.name), format!("{}x{}x{}", shape.m, shape.n, shape.k));
-            group.bench_function(id, |bench| bench.iter_custom(|iters| timer.time(iters, || a.matmul(&b))));
+            let id = BenchmarkId::new(
+                format!("{}/{dtype}", shape.name),
+                format!("{}x{}x{}", shape.m, shape.n, shape.k),
+            );
+            group.bench_function(id, |bench| {
+                bench.iter_custom(|iters| timer.time(iters, || a.matmul(&b)))
+            });
         }
     }
     group.finish();

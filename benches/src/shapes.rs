@@ -38,11 +38,18 @@ pub fn layer_projections(spec: &ModelSpec) -> Vec<(&'static str, usize, usize)> 
 /// Every projection of `preset_name` at each token count in `token_counts`.
 pub fn matmul_shapes(preset_name: &str, short_name: &str, token_counts: &[usize]) -> Vec<MatmulShape> {
     // The preset names are compile-time constants of l4-model; a typo is a bug in this crate.
-    let spec = preset(preset_name).map(|p| p.spec()).unwrap_or_else(|e| panic!("bench shape table: {e}"));
+    let spec = preset(preset_name)
+        .map(|p| p.spec())
+        .unwrap_or_else(|e| panic!("bench shape table: {e}"));
     let mut shapes = Vec::new();
     for &m in token_counts {
         for (proj, n, k) in layer_projections(&spec) {
-            shapes.push(MatmulShape { name: format!("{short_name}/{proj}"), m, n, k });
+            shapes.push(MatmulShape {
+                name: format!("{short_name}/{proj}"),
+                m,
+                n,
+                k,
+            });
         }
     }
     shapes

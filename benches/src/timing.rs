@@ -27,7 +27,9 @@ impl DeviceTimer {
             Device::Cpu => None,
             Device::Cuda(ordinal) => {
                 let backend = cuda::backend(ordinal)?;
-                let l2 = backend.context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?;
+                let l2 = backend
+                    .context()
+                    .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?;
                 let flush = backend.stream().alloc_zeros::<u8>(2 * l2.max(1) as usize)?;
                 Some((backend, flush))
             }
@@ -43,7 +45,8 @@ impl DeviceTimer {
     /// Total time of `iters` runs of `run`, excluding the L2 flushes between them. Use as
     /// `b.iter_custom(|iters| timer.time(iters, || op()))`. `run`'s errors abort the bench.
     pub fn time<T>(&mut self, iters: u64, mut run: impl FnMut() -> Result<T>) -> Duration {
-        self.try_time(iters, &mut run).unwrap_or_else(|e| panic!("benchmark run failed on {}: {e}", self.device))
+        self.try_time(iters, &mut run)
+            .unwrap_or_else(|e| panic!("benchmark run failed on {}: {e}", self.device))
     }
 
     fn try_time<T>(&mut self, iters: u64, run: &mut impl FnMut() -> Result<T>) -> Result<Duration> {

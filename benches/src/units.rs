@@ -15,13 +15,19 @@ use l4_core::DType;
 pub fn matmul(m: usize, n: usize, k: usize, input: DType, output: DType) -> Throughput {
     let flops = 2 * m * n * k;
     let bytes = (m * k + k * n) * input.size_in_bytes() + m * n * output.size_in_bytes();
-    Throughput::ElementsAndBytes { elements: flops as u64, bytes: bytes as u64 }
+    Throughput::ElementsAndBytes {
+        elements: flops as u64,
+        bytes: bytes as u64,
+    }
 }
 
 /// Throughput of an op that reads `elements` values and writes as many, of `dtype`.
 pub fn elementwise(elements: usize, dtype: DType) -> Throughput {
     let bytes = 2 * elements * dtype.size_in_bytes();
-    Throughput::ElementsAndBytes { elements: elements as u64, bytes: bytes as u64 }
+    Throughput::ElementsAndBytes {
+        elements: elements as u64,
+        bytes: bytes as u64,
+    }
 }
 
 #[cfg(test)]
