@@ -233,14 +233,14 @@ float_element!(bf16, BF16, bf16::to_f64, bf16::from_f64, bf16::from_f32);
 float_element!(
     F8E4M3,
     F8E4M3,
-    |x: F8E4M3| x.to_f64(),
+    |x: F8E4M3| F8E4M3::to_f64(&x),
     F8E4M3::from_f64,
     F8E4M3::from_f32
 );
 float_element!(
     F8E5M2,
     F8E5M2,
-    |x: F8E5M2| x.to_f64(),
+    |x: F8E5M2| F8E5M2::to_f64(&x),
     F8E5M2::from_f64,
     F8E5M2::from_f32
 );
@@ -323,6 +323,13 @@ mod tests {
         assert_eq!(DType::F8E5M2.max_finite(), F8E5M2::from_bits(0x7B).to_f64());
         assert_eq!(DType::F8E4M3.min_positive_normal(), Some(F8E4M3::MIN_POSITIVE.to_f64()));
         assert_eq!(DType::F8E5M2.min_positive_normal(), Some(F8E5M2::MIN_POSITIVE.to_f64()));
+    }
+
+    #[test]
+    fn fp8_widening_calls_the_crates_decoder() {
+        // `x.to_f64()` inside the Element impl would resolve to Element::to_f64 itself.
+        assert_eq!(<F8E4M3 as Element>::to_f64(F8E4M3::from_bits(0x38)), 1.0);
+        assert_eq!(<F8E5M2 as Element>::to_f64(F8E5M2::from_bits(0x3C)), 1.0);
     }
 
     #[test]

@@ -184,7 +184,7 @@ impl CpuStorage {
     /// be a multiple of the element size; bool bytes must be 0 or 1.
     pub fn from_le_bytes(dtype: DType, bytes: &[u8]) -> Result<Self> {
         let size = dtype.size_in_bytes();
-        if bytes.len() % size != 0 {
+        if !bytes.len().is_multiple_of(size) {
             return Err(Error::invalid(
                 "from_le_bytes",
                 format!("{} bytes is not a whole number of {dtype} elements", bytes.len()),

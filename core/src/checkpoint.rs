@@ -1,1 +1,0 @@
-//! safetensors checkpoint I/O. Being written.
