@@ -1,4 +1,5 @@
 //! `l4-experiments`: the `l4` command-line tool and the experiment runners behind it.
 
+pub mod bench;
 pub mod info;
 pub mod run;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use l4_core::{DType, Device};
+use l4_experiments::bench::{self, BenchOptions};
 use l4_experiments::run::{self, PromptSource, RunOptions};
 
 /// l4lab: a research framework for Llama 4 with hand-written CUDA kernels.
@@ -21,8 +22,9 @@ struct ModelArgs {
     /// An HF checkpoint folder (config.json + *.safetensors) or a preset name.
     #[arg(long)]
     model: String,
-    /// Device: auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
+    /// Device: cpu, cuda, cuda:N, or auto (CUDA when usable). The model's ops run on the CPU
+    /// today; on CUDA they report which op is missing.
+    #[arg(long, default_value = "cpu")]
     device: Device,
     /// Compute dtype: f32 or bf16.
     #[arg(long, default_value = "f32")]
@@ -61,6 +63,24 @@ enum Command {
         #[arg(long)]
         dump_hidden: bool,
     },
+    /// Time prefill and greedy decoding (median of repeats) on a seeded random prompt.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Prompt tokens.
+        #[arg(long, default_value_t = 512)]
+        prompt_len: usize,
+        /// Greedy steps after the prompt (the generate phase includes its prefill, as HF's
+        /// generate does).
+        #[arg(long, default_value_t = 32)]
+        new_tokens: usize,
+        /// Timed repeats per phase.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// CPU threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Greedy decoding from all of `input_ids`, with the KV cache.
     Generate {
         #[command(flatten)]
@@ -85,6 +105,16 @@ enum Command {
     },
 }
 
+/// Sizes rayon's pool (used by every CPU op) before any work starts.
+fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    let Some(n) = threads else { return Ok(()) };
+    if n == 0 {
+        anyhow::bail!("--threads must be at least 1");
+    }
+    rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -93,6 +123,10 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Info { model: Some(model) } => l4_experiments::info::model_report(&model).map(|r| print!("{r}")),
+        Command::Bench { model, prompt_len, new_tokens, repeats, threads } => {
+            let options = BenchOptions { prompt_len, new_tokens, repeats, seed: 0 };
+            set_threads(threads).and_then(|()| bench::bench(&model.options(), &options).map(|r| print!("{r}")))
+        }
         Command::Logits {
             model,
             input,
