@@ -187,8 +187,8 @@ impl HfConfig {
                 format!("model_type {model_type:?} is not a Llama 4 model"),
             ));
         }
-        let text: HfTextConfig = serde_json::from_value(text_value)
-            .map_err(|e| Error::file(path, format!("config.json: {}", describe_serde_error(&e))))?;
+        let text: HfTextConfig = serde_json::from_value(text_value.clone())
+            .map_err(|e| Error::file(path, format!("config.json: {}", describe_serde_error(&e, &text_value))))?;
         Ok(HfConfig { text, architecture })
     }
 
@@ -199,10 +199,19 @@ impl HfConfig {
     }
 }
 
-fn describe_serde_error(e: &serde_json::Error) -> String {
-    // serde's messages name the field ("invalid type: string \"x\", expected usize") but not
-    // always where; line/column makes it findable in a hand-edited file.
-    format!("{e}")
+fn describe_serde_error(e: &serde_json::Error, value: &serde_json::Value) -> String {
+    // serde's messages say what is wrong ("invalid type: string \"x\", expected usize") but not
+    // which field: find it by deserializing each field alone (every field is optional).
+    let field = value.as_object().and_then(|object| {
+        object.iter().find_map(|(key, v)| {
+            let alone = serde_json::Value::Object([(key.clone(), v.clone())].into_iter().collect());
+            serde_json::from_value::<HfTextConfig>(alone).is_err().then_some(key)
+        })
+    });
+    match field {
+        Some(key) => format!("field `{key}`: {e}"),
+        None => format!("{e}"),
+    }
 }
 
 #[cfg(test)]
@@ -243,7 +252,11 @@ mod tests {
         let err = parse("{").unwrap_err().to_string();
         assert!(err.contains("config.json") && err.contains("not valid JSON"), "{err}");
         let err = parse(r#"{"hidden_size": "wide"}"#).unwrap_err().to_string();
-        assert!(err.contains("invalid type"), "{err}");
+        assert!(err.contains("invalid type") && err.contains("`hidden_size`"), "{err}");
+        let err = parse(r#"{"text_config": {"vocab_size": 8, "rope_scaling": {"factor": "x"}}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`rope_scaling`"), "{err}");
         let err = parse(r#"{"model_type": "llama"}"#).unwrap_err().to_string();
         assert!(err.contains("not a Llama 4"), "{err}");
         assert!(parse("[1]").is_err());

@@ -3,7 +3,7 @@
 use l4_core::{DType, Device, Error, Result, Tensor};
 
 use crate::kv_cache::KvCache;
-use crate::parts::attention::{AttentionShape, AttentionWeights, attention_forward};
+use crate::parts::attention::{AttentionContext, AttentionShape, AttentionWeights, attention_forward};
 use crate::parts::linear::Linear;
 use crate::parts::mlp::SwiGlu;
 use crate::parts::moe::Moe;
@@ -15,8 +15,8 @@ use crate::weights::{WeightNames, WeightSource};
 /// A layer's feed-forward block.
 #[derive(Debug)]
 enum FfnBlock {
-    Dense(SwiGlu),
-    Moe(Moe),
+    Dense(Box<SwiGlu>),
+    Moe(Box<Moe>),
 }
 
 #[derive(Debug)]
@@ -105,11 +105,11 @@ impl Llama4 {
             };
             let ffn = match &layer.ffn {
                 Ffn::Dense { intermediate } => {
-                    FfnBlock::Dense(swiglu(source, names, i, "feed_forward.", d, *intermediate)?)
+                    FfnBlock::Dense(Box::new(swiglu(source, names, i, "feed_forward.", d, *intermediate)?))
                 }
                 Ffn::Moe(moe) => {
                     let (e, f) = (moe.num_experts, moe.expert_intermediate);
-                    FfnBlock::Moe(Moe {
+                    FfnBlock::Moe(Box::new(Moe {
                         router: linear(source, names.layer(i, "feed_forward.router.weight"), vec![e, d])?,
                         gate_up: source.take(&names.layer(i, "feed_forward.experts.gate_up_proj"), &[e, d, 2 * f])?,
                         down: source.take(&names.layer(i, "feed_forward.experts.down_proj"), &[e, f, d])?,
@@ -118,7 +118,7 @@ impl Llama4 {
                             None => None,
                         },
                         strategy: router_by_name(&moe.router)?,
-                    })
+                    }))
                 }
             };
             layers.push(DecoderLayer {
@@ -179,12 +179,16 @@ impl Llama4 {
         };
         let d = self.spec.hidden_size;
         let start = cache.position();
-        let shape = AttentionShape {
-            num_heads: self.spec.num_heads,
-            num_kv_heads: self.spec.num_kv_heads,
-            head_dim: self.spec.head_dim,
-        };
         let eps = self.spec.rms_norm_eps;
+        let context = AttentionContext {
+            shape: AttentionShape {
+                num_heads: self.spec.num_heads,
+                num_kv_heads: self.spec.num_kv_heads,
+                head_dim: self.spec.head_dim,
+            },
+            rope: &self.rope,
+            rms_norm_eps: eps,
+        };
 
         let mut h = l4_core::ops::embedding(&self.embed, &ids.to_device(self.device)?)?; // [b, t, d]
         let mut output = ForwardOutput {
@@ -199,11 +203,9 @@ impl Llama4 {
             // h = h + attn(norm(h))
             let normed = h.rms_norm(Some(&layer.input_norm), eps)?;
             let attended = attention_forward(
+                context,
                 &layer.spec,
-                shape,
                 &layer.attention,
-                &self.rope,
-                eps,
                 &normed,
                 start,
                 cache.layer_mut(i),

@@ -13,7 +13,7 @@ use crate::spec::ModelSpec;
 use crate::weights::{CheckpointSource, RandomSource, WeightNames};
 
 /// The seed of every preset's random weights.
-pub const PRESET_SEED: u64 = 0x4C34_4C41_42;
+pub const PRESET_SEED: u64 = 0x004C_344C_4142; // "L4LAB" in ASCII
 
 /// The plan and weight layout of `model`: a checkpoint folder (its config.json) or a preset
 /// name. Reads no weights.

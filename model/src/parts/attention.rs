@@ -32,6 +32,17 @@ pub struct AttentionShape {
     pub head_dim: usize,
 }
 
+/// What every attention block of a model shares: head layout, rotary table, norm epsilon.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionContext<'a> {
+    /// Head counts and widths.
+    pub shape: AttentionShape,
+    /// Inverse frequencies for RoPE layers.
+    pub rope: &'a RotaryTable,
+    /// Epsilon of the QK-norm.
+    pub rms_norm_eps: f64,
+}
+
 /// Query blocks whose keys form one contiguous range: a chunk for chunked layers (queries in
 /// chunk c see keys of chunk c only), everything for global layers. Returns, per block, the
 /// query range (offsets into the current step) and the absolute key range.
@@ -83,15 +94,18 @@ fn causal_mask(
 /// The attention block of one layer: `x [b, t, d]` at absolute positions `start..start+t`
 /// → `[b, t, d]`, appending this step's keys and values to `cache`.
 pub fn attention_forward(
+    context: AttentionContext<'_>,
     layer: &LayerSpec,
-    shape: AttentionShape,
     weights: &AttentionWeights,
-    rope: &RotaryTable,
-    rms_norm_eps: f64,
     x: &Tensor,
     start: usize,
     cache: &mut LayerCache,
 ) -> Result<Tensor> {
+    let AttentionContext {
+        shape,
+        rope,
+        rms_norm_eps,
+    } = context;
     let [b, t, _] = x.shape()[..] else {
         return Err(Error::BadShape {
             op: "attention",
