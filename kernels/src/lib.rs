@@ -1,1 +1,136 @@
-//! l4-kernels
+//! `l4-kernels`: l4lab's hand-written CUDA kernels and the machinery that runs them.
+//!
+//! Every kernel lives in its own folder with the same file set (`mod.rs` public op,
+//! `reference.rs` plain CPU reference that is also the CPU backend, `cuda.rs` launcher,
+//! `<kernel>.cu` source, `tests.rs`); see docs/adding-a-kernel.md.
+//!
+//! The `.cu` sources are embedded with `include_str!` and listed in [`KERNELS`]. At run time
+//! [`nvrtc::compile_cubin`] turns them into a CUBIN for the device's own architecture (sm_90a on
+//! Hopper) with NVRTC, spills being compile errors, and [`loader`] caches the CUBIN on disk and
+//! the loaded module in the process. Nothing here needs nvcc, a CUDA toolkit or a GPU to build.
+//!
+//! `cargo xtask check-kernels` compiles every registered source for every architecture it
+//! declares and checks the tensor-core instruction class in the SASS ([`compile_check`]).
+
+pub mod compile_check;
+mod disk_cache;
+mod error;
+pub mod loader;
+pub mod nvrtc;
+pub mod sass;
+#[cfg(test)]
+mod testing;
+pub mod vector_add;
+
+use std::fmt;
+
+pub use error::{KernelError, KernelResult};
+pub use loader::{KernelModules, device_arch, load_function};
+pub use nvrtc::{CompiledKernel, FunctionStats, compile_cubin};
+pub use vector_add::vector_add;
+
+/// The architectures a kernel must compile for when it declares nothing else.
+pub const DEFAULT_ARCHS: &[&str] = &["sm_90a"];
+
+/// The most capable tensor-core instruction family a kernel's SASS contains.
+///
+/// Ordered from none to the most specialised, so the class of a kernel is the maximum over its
+/// instructions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TensorCoreClass {
+    /// No tensor-core instruction.
+    None,
+    /// `HMMA`: warp-level `mma.sync` on f16/bf16 (Volta to Hopper).
+    Hmma,
+    /// `HGMMA`: Hopper warpgroup `wgmma` on f16/bf16.
+    Hgmma,
+    /// `QGMMA`: Hopper warpgroup `wgmma` on FP8 (e4m3/e5m2).
+    Qgmma,
+}
+
+impl TensorCoreClass {
+    /// The SASS mnemonic (`"none"` for [`TensorCoreClass::None`]).
+    pub fn name(self) -> &'static str {
+        match self {
+            TensorCoreClass::None => "none",
+            TensorCoreClass::Hmma => "HMMA",
+            TensorCoreClass::Hgmma => "HGMMA",
+            TensorCoreClass::Qgmma => "QGMMA",
+        }
+    }
+}
+
+impl fmt::Display for TensorCoreClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One registered CUDA source file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelSource {
+    /// Unique short name; also the folder and file stem (`vector_add` → `vector_add/vector_add.cu`).
+    pub name: &'static str,
+    /// The file, relative to the repository root (for messages and `check-kernels`; the text
+    /// itself is embedded in [`KernelSource::source`] and never read from disk at run time).
+    pub path: &'static str,
+    /// The CUDA C++ source.
+    pub source: &'static str,
+    /// Architectures the source must compile for in `check-kernels`, e.g. `["sm_90a"]`.
+    pub archs: &'static [&'static str],
+    /// The tensor-core class `check-kernels` must find in the SASS for every architecture.
+    pub tensor_cores: TensorCoreClass,
+}
+
+/// Declares a [`KernelSource`] from a file under `kernels/src/`, embedding its text.
+macro_rules! kernel_source {
+    ($name:literal, $file:literal, $archs:expr, $tensor_cores:expr $(,)?) => {
+        KernelSource {
+            name: $name,
+            path: concat!("kernels/src/", $file),
+            source: include_str!($file),
+            archs: $archs,
+            tensor_cores: $tensor_cores,
+        }
+    };
+}
+
+/// `out = a + b`, f32 and bf16 (see `vector_add/vector_add.cu`).
+pub const VECTOR_ADD: KernelSource = kernel_source!(
+    "vector_add",
+    "vector_add/vector_add.cu",
+    DEFAULT_ARCHS,
+    TensorCoreClass::None
+);
+
+/// Every kernel source, in the order `check-kernels` reports them.
+pub const KERNELS: &[KernelSource] = &[VECTOR_ADD];
+
+/// The registered kernel called `name`.
+pub fn kernel(name: &str) -> Option<&'static KernelSource> {
+    KERNELS.iter().find(|k| k.name == name)
+}
+
+#[cfg(test)]
+mod registry_tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_match_their_files() {
+        for (i, k) in KERNELS.iter().enumerate() {
+            assert!(
+                KERNELS[..i].iter().all(|o| o.name != k.name),
+                "duplicate kernel {}",
+                k.name
+            );
+            assert!(
+                k.path.starts_with("kernels/src/") && k.path.ends_with(".cu"),
+                "{}",
+                k.path
+            );
+            assert!(!k.archs.is_empty(), "{} declares no architecture", k.name);
+        }
+        assert_eq!(kernel("vector_add"), Some(&VECTOR_ADD));
+        assert_eq!(kernel("nope"), None);
+    }
+}

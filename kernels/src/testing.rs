@@ -1,0 +1,68 @@
+//! Test helpers for kernel tests: skip or fail when NVRTC or a GPU is missing.
+//!
+//! * A GPU test runs when `l4_core::cuda::backend(0)` succeeds, skips otherwise, and fails
+//!   instead of skipping when `L4_REQUIRE_GPU` is set (the GPU machine sets it).
+//! * An NVRTC test runs when libnvrtc loads, skips otherwise, and fails instead of skipping when
+//!   `CI` or `L4_REQUIRE_GPU` is set.
+
+use std::sync::Arc;
+
+use l4_core::cuda::CudaBackend;
+
+/// Whether an environment flag is on: set, non-empty, and not `0`, `false` or `no`.
+pub(crate) fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| {
+        let v = v.trim().to_ascii_lowercase();
+        !v.is_empty() && v != "0" && v != "false" && v != "no"
+    })
+}
+
+/// CUDA device 0, or `None` (after a note on stderr) when there is none and none is required.
+pub(crate) fn gpu_or_skip(test: &str) -> Option<Arc<CudaBackend>> {
+    match l4_core::cuda::backend(0) {
+        Ok(backend) => Some(backend),
+        Err(e) if env_flag("L4_REQUIRE_GPU") => panic!("{test}: L4_REQUIRE_GPU is set but there is no GPU: {e}"),
+        Err(e) => {
+            eprintln!("skipping {test}: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+/// Whether NVRTC can be loaded; panics when it cannot but `CI` or `L4_REQUIRE_GPU` is set.
+pub(crate) fn nvrtc_or_skip(test: &str) -> bool {
+    if l4_core::cuda::nvrtc_present() {
+        return true;
+    }
+    for flag in ["CI", "L4_REQUIRE_GPU"] {
+        if env_flag(flag) {
+            panic!(
+                "{test}: {flag} is set but libnvrtc cannot be loaded; run `cargo xtask cuda-tools` and put \
+                 its cu13/lib on LD_LIBRARY_PATH"
+            );
+        }
+    }
+    eprintln!("skipping {test}: libnvrtc not on the loader path");
+    false
+}
+
+/// A GPU backend with NVRTC, or `None` when the test should skip.
+pub(crate) fn gpu_with_nvrtc_or_skip(test: &str) -> Option<Arc<CudaBackend>> {
+    let backend = gpu_or_skip(test)?;
+    nvrtc_or_skip(test).then_some(backend)
+}
+
+/// Deterministic pseudo-random f32 values in [-scale, scale) (a 64-bit LCG; no seed plumbing
+/// needed for a toy kernel's inputs).
+pub(crate) fn lcg_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let unit = (state >> 40) as f32 / (1u64 << 24) as f32;
+            (2.0 * unit - 1.0) * scale
+        })
+        .collect()
+}

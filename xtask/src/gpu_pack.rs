@@ -1,0 +1,191 @@
+//! `cargo xtask gpu-pack`: release test and bench binaries for the GPU machine.
+//!
+//! The GPU machine has no Rust toolchain. This builds every workspace test harness (release) and
+//! every criterion bench, copies the executables to `gpu-bin/<kind>-<name>`, strips them, adds
+//! the `l4` binary when l4-experiments has one, and writes `gpu-bin/run.sh`, which runs them all
+//! from the repository root (`bash gpu-bin/run.sh`). NVRTC is not packed: the binaries compile
+//! their kernels with the GPU machine's own NVRTC 13.0, which run.sh puts on LD_LIBRARY_PATH.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::{cargo, workspace_root};
+
+/// The run script, kept as a real file so it can be read and shellchecked on its own.
+const RUN_SH: &str = include_str!("run.sh");
+
+/// One executable cargo built.
+#[derive(Debug)]
+struct Artifact {
+    /// `lib`, `test`, `bin`, `bench`...
+    kind: String,
+    /// The target's name.
+    name: String,
+    /// The executable.
+    path: PathBuf,
+}
+
+/// Runs a cargo command with `--message-format=json-render-diagnostics` and returns the
+/// executables it reported that `keep` accepts. Diagnostics and progress go to stderr.
+fn built_executables(args: &[&str], keep: impl Fn(&Value) -> bool) -> Result<Vec<Artifact>> {
+    let mut cmd = cargo();
+    cmd.args(args)
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(Stdio::piped());
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let mut child = cmd.spawn().context("cannot start cargo")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut artifacts = Vec::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        let Ok(msg) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" || !keep(&msg) {
+            continue;
+        }
+        let Some(exe) = msg["executable"].as_str() else {
+            continue;
+        };
+        artifacts.push(Artifact {
+            kind: msg["target"]["kind"][0].as_str().unwrap_or("bin").to_string(),
+            name: msg["target"]["name"].as_str().unwrap_or("unnamed").to_string(),
+            path: PathBuf::from(exe),
+        });
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(artifacts)
+}
+
+/// Whether l4-experiments defines a binary called `l4`.
+fn has_l4_binary() -> Result<bool> {
+    let out = cargo()
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .output()
+        .context("cannot run cargo metadata")?;
+    if !out.status.success() {
+        bail!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let meta: Value = serde_json::from_slice(&out.stdout)?;
+    let packages = meta["packages"].as_array().cloned().unwrap_or_default();
+    Ok(packages.iter().filter(|p| p["name"] == "l4-experiments").any(|p| {
+        p["targets"].as_array().is_some_and(|targets| {
+            targets
+                .iter()
+                .any(|t| t["name"] == "l4" && t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin")))
+        })
+    }))
+}
+
+fn copy_executable(from: &Path, to: &Path) -> Result<()> {
+    std::fs::copy(from, to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    // Stripping only saves space; a missing `strip` is not an error.
+    match Command::new("strip").arg(to).status() {
+        Ok(s) if s.success() => {}
+        Ok(s) => eprintln!("xtask: warning: strip {} failed ({s})", to.display()),
+        Err(e) => eprintln!("xtask: warning: cannot run strip: {e}"),
+    }
+    Ok(())
+}
+
+/// `cargo xtask gpu-pack [--exclude PACKAGE]...`.
+pub fn command(args: &[OsString]) -> Result<ExitCode> {
+    let mut excluded = vec!["xtask".to_string()];
+    let mut it = args.iter().map(|a| a.to_string_lossy().into_owned());
+    while let Some(arg) = it.next() {
+        match (arg.as_str(), it.next()) {
+            ("--exclude", Some(package)) => excluded.push(package),
+            _ => bail!("usage: cargo xtask gpu-pack [--exclude PACKAGE]..."),
+        }
+    }
+    let exclude_args: Vec<&str> = excluded.iter().flat_map(|p| ["--exclude", p.as_str()]).collect();
+    let root = workspace_root();
+    let out_dir = root.join("gpu-bin");
+
+    let is_test = |m: &Value| m["profile"]["test"] == true;
+    let test_args = [&["test", "--release", "--workspace", "--no-run"][..], &exclude_args].concat();
+    let mut artifacts = built_executables(&test_args, is_test)?;
+    let is_bench = |m: &Value| {
+        m["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "bench"))
+    };
+    let bench_args = [&["bench", "--workspace", "--no-run"][..], &exclude_args].concat();
+    artifacts.extend(built_executables(&bench_args, is_bench)?);
+    let l4 = if excluded.iter().any(|p| p == "l4-experiments") {
+        None
+    } else if has_l4_binary()? {
+        let bins = built_executables(
+            &["build", "--release", "--package", "l4-experiments", "--bin", "l4"],
+            |m| m["target"]["name"] == "l4",
+        )?;
+        bins.into_iter().next().map(|a| a.path)
+    } else {
+        eprintln!("xtask: l4-experiments has no `l4` binary yet; not packing it");
+        None
+    };
+
+    // Only now, with everything built, replace the previous bundle.
+    if out_dir.exists() {
+        std::fs::remove_dir_all(&out_dir).with_context(|| format!("cannot remove {}", out_dir.display()))?;
+    }
+    std::fs::create_dir_all(&out_dir)?;
+    let mut packed: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for a in &artifacts {
+        let file = format!("{}-{}", a.kind, a.name);
+        if let Some(previous) = packed.get(&file) {
+            if previous != &a.path {
+                bail!(
+                    "two executables would both be gpu-bin/{file}: {} and {}",
+                    previous.display(),
+                    a.path.display()
+                );
+            }
+            continue;
+        }
+        copy_executable(&a.path, &out_dir.join(&file))?;
+        packed.insert(file, a.path.clone());
+    }
+    if let Some(l4) = &l4 {
+        copy_executable(l4, &out_dir.join("l4"))?;
+        packed.insert("l4".into(), l4.clone());
+    }
+    let run_sh = out_dir.join("run.sh");
+    std::fs::write(&run_sh, RUN_SH)?;
+    set_executable(&run_sh)?;
+
+    let mut total = 0u64;
+    for entry in std::fs::read_dir(&out_dir)? {
+        let entry = entry?;
+        let size = entry.metadata()?.len();
+        total += size;
+        eprintln!("  {:>10}  gpu-bin/{}", size, entry.file_name().to_string_lossy());
+    }
+    println!(
+        "gpu-bin/: {} executables + run.sh, {:.1} MB in total. On the GPU machine, from the repo root: bash gpu-bin/run.sh",
+        packed.len(),
+        total as f64 / 1e6
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(unix)]
+fn set_executable(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn set_executable(_: &Path) -> Result<()> {
+    Ok(())
+}
