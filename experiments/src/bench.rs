@@ -44,11 +44,18 @@ pub fn bench(options: &RunOptions, bench: &BenchOptions) -> Result<String> {
     let load_seconds = loading.elapsed().as_secs_f64();
     let vocab = model.spec().vocab_size;
     // A seeded prompt of uniformly random token ids.
-    let ids: Vec<i64> = Tensor::rand_uniform(&[bench.prompt_len], 0.0, vocab as f64 - 1.0, l4_core::DType::F32, bench.seed, Device::Cpu)?
-        .to_f32_vec()?
-        .into_iter()
-        .map(|x| x.round() as i64)
-        .collect();
+    let ids: Vec<i64> = Tensor::rand_uniform(
+        &[bench.prompt_len],
+        0.0,
+        vocab as f64 - 1.0,
+        l4_core::DType::F32,
+        bench.seed,
+        Device::Cpu,
+    )?
+    .to_f32_vec()?
+    .into_iter()
+    .map(|x| x.round() as i64)
+    .collect();
     let prompt = Tensor::from_vec(ids, &[1, bench.prompt_len], Device::Cpu)?;
 
     let time_prefill = || -> Result<f64> {
@@ -57,7 +64,10 @@ pub fn bench(options: &RunOptions, bench: &BenchOptions) -> Result<String> {
         model.forward(&prompt, &mut cache, Capture::default())?;
         Ok(start.elapsed().as_secs_f64())
     };
-    let greedy_options = GreedyOptions { max_new_tokens: bench.new_tokens, stop_ids: Vec::new() };
+    let greedy_options = GreedyOptions {
+        max_new_tokens: bench.new_tokens,
+        stop_ids: Vec::new(),
+    };
     let time_generate = || -> Result<f64> {
         let start = Instant::now();
         greedy(&model, &prompt, &greedy_options, |_| {})?;
@@ -69,9 +79,18 @@ pub fn bench(options: &RunOptions, bench: &BenchOptions) -> Result<String> {
 
     let mut out = String::new();
     let threads = rayon::current_num_threads();
-    let _ = writeln!(out, "model {} on {} ({threads} threads), {}", options.model, options.device, options.dtype);
+    let _ = writeln!(
+        out,
+        "model {} on {} ({threads} threads), {}",
+        options.model, options.device, options.dtype
+    );
     let _ = writeln!(out, "load            {load_seconds:8.3} s");
-    let _ = writeln!(out, "prefill {:>4} tok {prefill:8.3} s  ({:.0} tok/s)", bench.prompt_len, bench.prompt_len as f64 / prefill);
+    let _ = writeln!(
+        out,
+        "prefill {:>4} tok {prefill:8.3} s  ({:.0} tok/s)",
+        bench.prompt_len,
+        bench.prompt_len as f64 / prefill
+    );
     let _ = writeln!(
         out,
         "generate {:>3} tok {generate:8.3} s  (prefill + {} greedy steps)",

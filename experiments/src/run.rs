@@ -105,16 +105,24 @@ pub enum PromptSource {
 fn tokenize(model: &str, text: &str, vocab_size: usize) -> Result<(Tensor, tokenizers::Tokenizer)> {
     let path = Path::new(model).join("tokenizer.json");
     if !path.is_file() {
-        bail!("{}: --prompt needs a tokenizer.json in the model folder", path.display());
+        bail!(
+            "{}: --prompt needs a tokenizer.json in the model folder",
+            path.display()
+        );
     }
     let tokenizer = tokenizers::Tokenizer::from_file(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let encoding = tokenizer.encode(text, true).map_err(|e| anyhow::anyhow!("{}: cannot encode the prompt: {e}", path.display()))?;
+    let encoding = tokenizer
+        .encode(text, true)
+        .map_err(|e| anyhow::anyhow!("{}: cannot encode the prompt: {e}", path.display()))?;
     let ids: Vec<i64> = encoding.get_ids().iter().map(|&id| i64::from(id)).collect();
     if ids.is_empty() {
         bail!("the prompt encodes to no tokens");
     }
     if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab_size) {
-        bail!("{}: token id {bad} is outside the model's vocabulary 0..{vocab_size}", path.display());
+        bail!(
+            "{}: token id {bad} is outside the model's vocabulary 0..{vocab_size}",
+            path.display()
+        );
     }
     let t = ids.len();
     Ok((Tensor::from_vec(ids, &[1, t], Device::Cpu)?, tokenizer))
@@ -153,25 +161,41 @@ pub fn generate(
             (ids, Some(tokenizer))
         }
     };
-    let stop_ids = if stop_at_eos { model.spec().eos_token_ids.clone() } else { Vec::new() };
+    let stop_ids = if stop_at_eos {
+        model.spec().eos_token_ids.clone()
+    } else {
+        Vec::new()
+    };
     let mut streamed: Vec<u32> = Vec::new();
     let mut printed = 0;
     let started = Instant::now();
-    let generated = greedy(&model, &ids, &GreedyOptions { max_new_tokens, stop_ids }, |next| {
-        if let (Some(tokenizer), Some(&id)) = (&tokenizer, next.first()) {
-            streamed.push(id as u32);
-            stream_text(tokenizer, &streamed, &mut printed);
-        }
-    })?;
+    let generated = greedy(
+        &model,
+        &ids,
+        &GreedyOptions {
+            max_new_tokens,
+            stop_ids,
+        },
+        |next| {
+            if let (Some(tokenizer), Some(&id)) = (&tokenizer, next.first()) {
+                streamed.push(id as u32);
+                stream_text(tokenizer, &streamed, &mut printed);
+            }
+        },
+    )?;
     let elapsed = started.elapsed().as_secs_f64();
     if tokenizer.is_some() {
         println!();
     }
     let new_tokens = generated.elem_count();
-    eprintln!("generated {new_tokens} tokens in {elapsed:.2} s ({:.1} tokens/s)", new_tokens as f64 / elapsed.max(1e-9));
+    // Written before the timing line, so that a failed write is the only line on stderr.
     if let Some(output) = output {
         let metadata = HashMap::from([("model".to_string(), options.model.clone())]);
         save_safetensors(output, &[("generated_ids", &generated)], Some(&metadata))?;
     }
+    eprintln!(
+        "generated {new_tokens} tokens in {elapsed:.2} s ({:.1} tokens/s)",
+        new_tokens as f64 / elapsed.max(1e-9)
+    );
     Ok(())
 }

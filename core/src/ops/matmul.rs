@@ -1,28 +1,83 @@
 //! Batched matrix multiplication with NumPy batch broadcasting, through the `gemm` crate in f32.
 
+use std::borrow::Cow;
+
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::layout::{Layout, broadcast_shape, elem_count};
 use crate::ops::{check_same, from_f32};
+use crate::storage::CpuStorage;
 use crate::{DType, Error, Result, Tensor};
 
 /// Multiply-adds (m·n·k) from which one product is worth splitting across rayon's threads.
 const GEMM_PAR_MIN_FLOPS: usize = 1 << 18;
 
-/// `dst[m, n] = lhs[m, k] · rhs[k, n]` for contiguous row-major f32 slices.
-fn gemm_f32(dst: &mut [f32], lhs: &[f32], rhs: &[f32], m: usize, k: usize, n: usize, parallelism: Parallelism) {
+/// One GEMM operand as the `gemm` crate reads it: f32 values (the tensor's own storage when it
+/// already is f32, so strided views and weights are read in place; a widened copy otherwise),
+/// the first element of each output batch entry's matrix, and the matrix's row and column
+/// strides in elements.
+struct GemmOperand<'a> {
+    values: Cow<'a, [f32]>,
+    batch_offsets: Vec<usize>,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> GemmOperand<'a> {
+    /// The operand `t [batch.., rows, cols]` broadcast over `out_batch`.
+    fn new(t: &'a Tensor, cpu: &'a CpuStorage, out_batch: &[usize]) -> Result<Self> {
+        let (values, layout) = match cpu {
+            CpuStorage::F32(v) => (Cow::Borrowed(v.as_slice()), t.layout().clone()),
+            other => (Cow::Owned(other.to_f32_vec(t.layout())), Layout::contiguous(t.shape())),
+        };
+        let rank = layout.rank();
+        let batch = Layout::from_parts(
+            layout.shape()[..rank - 2].to_vec(),
+            layout.strides()[..rank - 2].to_vec(),
+            layout.offset(),
+        );
+        let batch_offsets = batch.broadcast_as(out_batch)?.storage_indices().collect();
+        // Every element the matrices touch lies inside the values: the layout came from a
+        // tensor over this storage (or was built for the widened copy).
+        assert!(
+            layout.storage_extent() <= values.len(),
+            "matmul operand layout exceeds its storage"
+        );
+        Ok(GemmOperand {
+            values,
+            batch_offsets,
+            row_stride: layout.strides()[rank - 2],
+            col_stride: layout.strides()[rank - 1],
+        })
+    }
+}
+
+/// `dst[m, n] = lhs[m, k] · rhs[k, n]` for batch entry `bi`, `dst` row-major and contiguous.
+#[allow(clippy::too_many_arguments)]
+fn gemm_f32(
+    dst: &mut [f32],
+    lhs: &GemmOperand<'_>,
+    rhs: &GemmOperand<'_>,
+    bi: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    parallelism: Parallelism,
+) {
     // Empty products: the output (already zeros, or empty) is the answer; gemm is not called
     // with dangling pointers.
     if m == 0 || n == 0 || k == 0 {
         dst.fill(0.0);
         return;
     }
-    assert!(dst.len() == m * n && lhs.len() == m * k && rhs.len() == k * n);
-    // SAFETY: the three slices hold exactly m·n, m·k and k·n elements (asserted above) and the
-    // strides describe row-major matrices of those sizes (column stride 1, row stride = the
-    // number of columns), so every access stays inside its slice. `dst` is borrowed mutably and
-    // does not alias `lhs` or `rhs`. read_dst = false, so dst := 1·lhs·rhs (alpha unused).
+    assert!(dst.len() == m * n);
+    let (a0, b0) = (lhs.batch_offsets[bi], rhs.batch_offsets[bi]);
+    // SAFETY: `dst` holds m·n elements written row-major (column stride 1, row stride n). Each
+    // operand's matrix starts at its batch offset and its elements lie at offset + i·row_stride
+    // + j·col_stride, all inside `values` (GemmOperand::new checked the layout's extent).
+    // `dst` is borrowed mutably and does not alias either operand. read_dst = false, so
+    // dst := 1·lhs·rhs (alpha unused).
     unsafe {
         gemm::gemm(
             m,
@@ -32,12 +87,12 @@ fn gemm_f32(dst: &mut [f32], lhs: &[f32], rhs: &[f32], m: usize, k: usize, n: us
             1,
             n as isize,
             false,
-            lhs.as_ptr(),
-            1,
-            k as isize,
-            rhs.as_ptr(),
-            1,
-            n as isize,
+            lhs.values.as_ptr().add(a0),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.values.as_ptr().add(b0),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
             0.0f32,
             1.0f32,
             false,
@@ -93,30 +148,14 @@ impl Tensor {
         let a_cpu = self.cpu_storage(OP)?;
         let b_cpu = rhs.cpu_storage(OP)?;
 
-        // Row-major f32 copies of both operands in their own (unbroadcast) shapes:
-        // a [a_batch.., m, k], b [b_batch.., k, n].
-        let a = a_cpu.to_f32_vec(self.layout());
-        let b = b_cpu.to_f32_vec(rhs.layout());
-
-        // For each output batch entry, the batch entry of a and of b it reads (broadcast
-        // batch dimensions repeat one entry via stride 0).
-        let a_of: Vec<usize> = Layout::contiguous(a_batch)
-            .broadcast_as(&out_batch)?
-            .storage_indices()
-            .collect();
-        let b_of: Vec<usize> = Layout::contiguous(b_batch)
-            .broadcast_as(&out_batch)?
-            .storage_indices()
-            .collect();
+        // Both operands as gemm reads them, each batch entry mapped to its (broadcast) matrix.
+        let a = GemmOperand::new(self, a_cpu, &out_batch)?;
+        let b = GemmOperand::new(rhs, b_cpu, &out_batch)?;
 
         // out [out_batch.., m, n], one gemm per batch entry.
         let batches = elem_count(&out_batch);
         let mut out = vec![0f32; batches * m * n];
-        let mat = |bi: usize, dst: &mut [f32], par: Parallelism| {
-            let lhs = &a[a_of[bi] * m * k..(a_of[bi] + 1) * m * k];
-            let rhs = &b[b_of[bi] * k * n..(b_of[bi] + 1) * k * n];
-            gemm_f32(dst, lhs, rhs, m, k, n, par);
-        };
+        let mat = |bi: usize, dst: &mut [f32], par: Parallelism| gemm_f32(dst, &a, &b, bi, m, k, n, par);
         let flops = m * n * k;
         let threads = rayon::current_num_threads();
         if m * n == 0 {

@@ -115,16 +115,46 @@ fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// clap's message for a bad command line as one line: its text up to the first blank line
+/// (dropping the usage and the `--help` tip), joined, without clap's own `error: ` prefix.
+fn one_line(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let lines: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
+    let joined = lines.join(" ");
+    joined.strip_prefix("error: ").unwrap_or(&joined).to_string()
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help, --version and a bare `l4` print clap's usage text as usual.
+        Err(e) if !e.use_stderr() || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            e.exit()
+        }
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Info { model: None } => {
             print!("{}", l4_experiments::info::report());
             Ok(())
         }
         Command::Info { model: Some(model) } => l4_experiments::info::model_report(&model).map(|r| print!("{r}")),
-        Command::Bench { model, prompt_len, new_tokens, repeats, threads } => {
-            let options = BenchOptions { prompt_len, new_tokens, repeats, seed: 0 };
+        Command::Bench {
+            model,
+            prompt_len,
+            new_tokens,
+            repeats,
+            threads,
+        } => {
+            let options = BenchOptions {
+                prompt_len,
+                new_tokens,
+                repeats,
+                seed: 0,
+            };
             set_threads(threads).and_then(|()| bench::bench(&model.options(), &options).map(|r| print!("{r}")))
         }
         Command::Logits {
@@ -133,14 +163,27 @@ fn main() -> ExitCode {
             output,
             dump_hidden,
         } => run::logits(&model.options(), &input, &output, dump_hidden),
-        Command::Generate { model, input, prompt, max_new_tokens, output, stop_at_eos } => {
-            match (input, prompt) {
-                (Some(path), _) => Ok(PromptSource::InputFile(path)),
-                (_, Some(text)) => Ok(PromptSource::Text(text)),
-                (None, None) => Err(anyhow::anyhow!("generate needs --input or --prompt")),
-            }
-            .and_then(|source| run::generate(&model.options(), &source, output.as_deref(), max_new_tokens, stop_at_eos))
+        Command::Generate {
+            model,
+            input,
+            prompt,
+            max_new_tokens,
+            output,
+            stop_at_eos,
+        } => match (input, prompt) {
+            (Some(path), _) => Ok(PromptSource::InputFile(path)),
+            (_, Some(text)) => Ok(PromptSource::Text(text)),
+            (None, None) => Err(anyhow::anyhow!("generate needs --input or --prompt")),
         }
+        .and_then(|source| {
+            run::generate(
+                &model.options(),
+                &source,
+                output.as_deref(),
+                max_new_tokens,
+                stop_at_eos,
+            )
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
