@@ -30,6 +30,15 @@ pub fn elementwise(elements: usize, dtype: DType) -> Throughput {
     }
 }
 
+/// Throughput of an op that reads two tensors of `elements` values and writes one.
+pub fn binary_elementwise(elements: usize, dtype: DType) -> Throughput {
+    let bytes = 3 * elements * dtype.size_in_bytes();
+    Throughput::ElementsAndBytes {
+        elements: elements as u64,
+        bytes: bytes as u64,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
