@@ -16,7 +16,23 @@ use tempfile::TempDir;
 /// The committed tiny-scout fixture: config.json, model.safetensors and, in
 /// expected.safetensors, HF's `input_ids`, `logits` and `greedy_ids`.
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/testdata/tiny-scout")
+    // From the package directory (cargo test) or the repository root (packed binaries on the
+    // GPU machine, where the build machine's paths do not exist).
+    [
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/testdata/tiny-scout"),
+        PathBuf::from("model/testdata/tiny-scout"),
+    ]
+    .into_iter()
+    .find(|p| p.is_dir())
+    .expect("the tiny-scout fixture under model/testdata")
+}
+
+/// The `l4` binary: `$L4_BIN` when set (gpu-bin/run.sh points it at the packed binary), else
+/// the one cargo built for this test.
+fn l4_binary() -> PathBuf {
+    std::env::var_os("L4_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_l4")))
 }
 
 /// The fixture's `input_ids` `[2, 30]` (I64).
@@ -164,7 +180,7 @@ fn set(argv: &mut Vec<OsString>, flag: &str, value: impl Into<OsString>) {
 }
 
 fn l4(argv: &[OsString]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_l4"))
+    Command::new(l4_binary())
         .args(argv)
         .env_remove("RUST_BACKTRACE")
         .output()

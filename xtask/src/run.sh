@@ -51,6 +51,8 @@ LD_LIBRARY_PATH=$(join_colon "${nvrtc_dirs[@]}" "${kept[@]}")
 export LD_LIBRARY_PATH
 
 export L4_REQUIRE_GPU=${L4_REQUIRE_GPU-1}
+# The CLI tests run this binary instead of the build machine's path baked into them.
+if [ -x "$bin_dir/l4" ]; then export L4_BIN="$root/$bin_dir/l4"; fi
 # A fresh kernel cache inside the output folder: every run compiles with this machine's NVRTC.
 export L4_KERNEL_CACHE=${L4_KERNEL_CACHE:-$out/kernel-cache}
 
