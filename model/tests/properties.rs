@@ -405,17 +405,20 @@ fn attention_with_a_short_chunk_is_not_global() {
     let global = f64s(&run_attention(&case, Span::Global));
     let chunked = f64s(&run_attention(&case, Span::Chunked(4)));
     let d = case.d;
-    // Positions 0..4 are in the first chunk either way; position 4 on sees fewer keys.
-    assert_close(&chunked[..4 * d], &global[..4 * d], Tolerance::exact(), "first chunk").unwrap();
+    // Positions 0..4 are in the first chunk either way: the two runs agree there up to the
+    // rounding of differently shaped products (~1e-7). Position 4 on sees fewer keys, which
+    // changes outputs at the scale of the outputs themselves (~1e-1). The check asks for that
+    // separation (four orders of magnitude) rather than for any particular rounding bound.
+    let max_diff = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let first = max_diff(&chunked[..4 * d], &global[..4 * d]);
+    let later = max_diff(&chunked[4 * d..], &global[4 * d..]);
     assert!(
-        assert_close(
-            &chunked[4 * d..],
-            &global[4 * d..],
-            Tolerance::elementwise(DType::F32),
-            "later"
-        )
-        .is_err(),
-        "a chunk of 4 over 12 tokens gave the global result"
+        later > 1e-3,
+        "a chunk of 4 over 12 tokens gave the global result (max diff {later:.3e})"
+    );
+    assert!(
+        first <= 1e-4 * later,
+        "the first chunk differs by {first:.3e}, not only by rounding (later: {later:.3e})"
     );
 }
 

@@ -65,6 +65,7 @@ export L4_KERNEL_CACHE=${L4_KERNEL_CACHE:-$out/kernel-cache}
   echo "python nvidia/cu13: ${pycu13:-none}"
   if [ ${#nvrtc_dirs[@]} -eq 0 ]; then echo "libnvrtc.so.13: NOT FOUND"; fi
   for d in "${nvrtc_dirs[@]}"; do echo "libnvrtc.so.13: $(readlink -f "$d/libnvrtc.so.13")"; done
+  for d in "${nvrtc_dirs[@]}"; do if [ -e "$d/libnvrtc.so" ]; then echo "libnvrtc.so (tried first by cudarc): $(readlink -f "$d/libnvrtc.so")"; fi; done
   if command -v nvidia-smi >/dev/null 2>&1; then
     nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv
   else
