@@ -32,13 +32,11 @@ pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let ids_v = read_ids(OP, ids)?;
     let rows: Vec<usize> = ids_v.iter().map(|&id| check_id(OP, id, v)).collect::<Result<_>>()?;
     let cpu = table.cpu_storage(OP)?;
-    // Storage position of every table element, row-major: table_pos[r·d + j].
-    let table_pos: Vec<usize> = table.layout().storage_indices().collect();
-    // Output positions: for each id, its row of d elements.
-    let chosen: Vec<usize> = rows
-        .iter()
-        .flat_map(|&r| table_pos[r * d..(r + 1) * d].iter().copied())
-        .collect();
+    // Output positions: for each id, the storage positions of its table row (d elements).
+    let mut chosen = Vec::with_capacity(rows.len() * d);
+    for &r in &rows {
+        chosen.extend(table.layout().narrow(0, r, 1)?.storage_indices());
+    }
     let mut shape = ids.shape().to_vec();
     shape.push(d);
     Tensor::from_cpu_storage(take(cpu, &chosen), &shape)
@@ -97,14 +95,14 @@ impl Tensor {
         // View the input as [outer, size, inner] around `dim`.
         let outer = elem_count(&self.shape()[..dim]);
         let inner = elem_count(&self.shape()[dim + 1..]);
-        // Storage position of every input element, row-major.
-        let pos: Vec<usize> = self.layout().storage_indices().collect();
-        // out[o, j, i] = in[o, idx[j], i].
-        let mut chosen = Vec::with_capacity(outer * idx.len() * inner);
-        for o in 0..outer {
-            for &s in &idx {
-                let start = (o * size + s) * inner;
-                chosen.extend_from_slice(&pos[start..start + inner]);
+        // out[o, j, i] = in[o, idx[j], i]: the slice idx[j] of `dim` holds, row-major, the
+        // storage positions of in[o, idx[j], i] for every (o, i). Only the selected slices are
+        // walked, so the cost follows the output, not the input.
+        let mut chosen = vec![0; outer * idx.len() * inner];
+        for (j, &s) in idx.iter().enumerate() {
+            for (n, pos) in self.layout().narrow(dim, s, 1)?.storage_indices().enumerate() {
+                let (o, i) = (n / inner.max(1), n % inner.max(1));
+                chosen[(o * idx.len() + j) * inner + i] = pos;
             }
         }
         let mut shape = self.shape().to_vec();
