@@ -30,6 +30,22 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
+/// Tells the kernel it may drop the mapped pages of a tensor that was just copied out, so that
+/// loading a checkpoint keeps about one copy of the weights resident (the copies), not two (the
+/// copies plus the page cache mapped into this process). Best effort: failure only costs memory.
+fn release_pages(mmap: &Mmap, range: std::ops::Range<usize>) {
+    #[cfg(unix)]
+    // SAFETY: the mapping is a private, read-only file mapping (`Mmap::map`), and no reference
+    // into the range is alive (the bytes were copied above). After MADV_DONTNEED a later read of
+    // the range, or of a neighbouring tensor sharing its first or last page, faults the page back
+    // in from the file; nothing is lost.
+    unsafe {
+        let _ = mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start, range.len());
+    }
+    #[cfg(not(unix))]
+    let _ = (mmap, range);
+}
+
 use self::header::{FileDType, RawTensor};
 use crate::{CpuStorage, DType, Device, Error, Result, Tensor};
 
@@ -298,8 +314,9 @@ impl Checkpoint {
         let (slot, file) = self.slot(name)?;
         let dtype = Self::supported_dtype(slot, file)?;
         let in_file = |e: Error| Error::file(&file.path, format!("tensor `{name}`: {e}"));
-        let bytes = &file.mmap[slot.tensor.bytes.clone()];
-        let storage = CpuStorage::from_le_bytes(dtype, bytes).map_err(in_file)?;
+        let range = slot.tensor.bytes.clone();
+        let storage = CpuStorage::from_le_bytes(dtype, &file.mmap[range.clone()]).map_err(in_file)?;
+        release_pages(&file.mmap, range);
         Tensor::from_cpu_storage(storage, &slot.tensor.shape)
             .map_err(in_file)?
             .to_device(device)

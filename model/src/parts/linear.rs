@@ -1,8 +1,11 @@
-//! A bias-free linear layer, stored transposed so the forward pass is one row-major GEMM.
+//! A bias-free linear layer. The weight stays as loaded; the forward pass multiplies by its
+//! transposed view, which the GEMM reads in place through its strides (no copy at load time,
+//! so resident memory stays at the checkpoint's size).
 
 use l4_core::{Error, Result, Tensor};
 
-/// `y = x · Wᵀ` with `W [out, in]` as HF stores it; kept as `Wᵀ [in, out]`, contiguous.
+/// `y = x · Wᵀ`, holding `Wᵀ [in, out]`: a transposed view of HF's `W [out, in]`, or a weight
+/// that is already `[in, out]` (HF's fused experts).
 #[derive(Clone, Debug)]
 pub struct Linear {
     weight_t: Tensor, // [in, out]
@@ -19,15 +22,13 @@ impl Linear {
             });
         }
         Ok(Linear {
-            weight_t: weight.transpose(0, 1)?.contiguous()?,
+            weight_t: weight.transpose(0, 1)?,
         })
     }
 
     /// From a weight already laid out `[in, out]` (HF's fused expert tensors, applied as x·W).
     pub fn from_in_out(weight_t: Tensor) -> Result<Self> {
-        Ok(Linear {
-            weight_t: weight_t.contiguous()?,
-        })
+        Ok(Linear { weight_t })
     }
 
     /// Input features.
