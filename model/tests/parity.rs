@@ -8,6 +8,7 @@ use l4_core::checkpoint::Checkpoint;
 use l4_core::testing::{Tolerance, assert_close};
 use l4_core::{DType, Device, Tensor};
 use l4_model::generate::{GreedyOptions, greedy};
+use l4_model::weights::WeightNames;
 use l4_model::{Capture, Llama4, loader};
 
 const FIXTURES: &[&str] = &["tiny-scout", "tiny-maverick", "tiny-scout-rope-eq"];
@@ -71,6 +72,22 @@ fn parity_tolerance(fixture: &str, kind: &str) -> Tolerance {
         "{fixture}: derived bound {tol} is looser than the 1e-4 ceiling"
     );
     tol
+}
+
+#[test]
+fn the_weight_table_names_exactly_the_tensors_hf_saved() {
+    for &name in FIXTURES {
+        let dir = fixture_dir(name);
+        let (spec, architecture) = loader::resolve(dir.to_str().unwrap()).unwrap();
+        let checkpoint = Checkpoint::open(&dir).unwrap();
+        let table = WeightNames::for_architecture(architecture).all(&spec);
+        let mut from_table: Vec<&str> = table.iter().map(|(n, _)| n.as_str()).collect();
+        from_table.sort_unstable();
+        assert_eq!(from_table, checkpoint.names(), "{name}: table vs checkpoint names");
+        for (tensor, shape) in &table {
+            assert_eq!(&checkpoint.info(tensor).unwrap().shape, shape, "{name}: {tensor}");
+        }
+    }
 }
 
 #[test]
