@@ -15,6 +15,7 @@
 pub mod compile_check;
 mod disk_cache;
 mod error;
+pub mod launch;
 pub mod loader;
 pub mod nvrtc;
 pub mod sass;
@@ -80,6 +81,18 @@ pub struct KernelSource {
     pub archs: &'static [&'static str],
     /// The tensor-core class `check-kernels` must find in the SASS for every architecture.
     pub tensor_cores: TensorCoreClass,
+}
+
+/// Device helpers prepended to every kernel source (see `common.cuh`).
+pub const COMMON_PRELUDE: &str = include_str!("common.cuh");
+
+impl KernelSource {
+    /// The text NVRTC compiles: [`COMMON_PRELUDE`], then a `#line` directive so diagnostics
+    /// name the kernel's own file and line, then the kernel's source.
+    pub fn full_source(&self) -> String {
+        let file = self.path.rsplit('/').next().unwrap_or(self.path);
+        format!("{COMMON_PRELUDE}\n#line 1 \"{file}\"\n{}", self.source)
+    }
 }
 
 /// Declares a [`KernelSource`] from a file under `kernels/src/`, embedding its text.

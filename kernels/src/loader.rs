@@ -46,7 +46,7 @@ pub fn cached_compile_in(
 ) -> KernelResult<(String, CompiledKernel)> {
     let options = compile_options(arch, extra_opts);
     let version = nvrtc_version().map_err(|e| e.for_kernel(kernel.name))?;
-    let key = disk_cache::cache_key(kernel.name, kernel.source, arch, &options, version);
+    let key = disk_cache::cache_key(kernel.name, &kernel.full_source(), arch, &options, version);
     let entry = dir.map(|dir| disk_cache::entry_path(dir, kernel.name, arch, &key));
     if let Some((cubin, log)) = entry.as_deref().and_then(disk_cache::read) {
         let compiled = CompiledKernel {
@@ -107,7 +107,7 @@ impl KernelModules {
         // The key is computed without compiling, so a module already loaded costs no compile.
         let options = compile_options(&arch, extra_opts);
         let version = nvrtc_version().map_err(|e| e.for_kernel(kernel.name))?;
-        let key = disk_cache::cache_key(kernel.name, kernel.source, &arch, &options, version);
+        let key = disk_cache::cache_key(kernel.name, &kernel.full_source(), &arch, &options, version);
         if let Some(module) = lock(&self.modules).get(&(ordinal, key.clone())) {
             return Ok(module.clone());
         }

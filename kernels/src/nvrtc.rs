@@ -151,7 +151,7 @@ pub fn compile_options(arch: &str, extra: &[String]) -> Vec<String> {
 /// Compiles a registered kernel for `arch` (`sm_90a`, `sm_100a`, ...). See [`compile_source`].
 pub fn compile_cubin(source: &KernelSource, arch: &str, extra_opts: &[String]) -> KernelResult<CompiledKernel> {
     let file = source.path.rsplit('/').next().unwrap_or(source.path);
-    compile_source(source.name, file, source.source, arch, extra_opts)
+    compile_source(source.name, file, &source.full_source(), arch, extra_opts)
 }
 
 /// Compiles CUDA C++ `source` (reported as `file` in diagnostics) to a CUBIN for `arch` with
