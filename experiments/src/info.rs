@@ -44,12 +44,12 @@ pub fn report() -> String {
         }
     }
     let _ = writeln!(out, "\nkernel compiler:");
-    let nvrtc = if cuda::nvrtc_present() {
-        "libnvrtc found"
-    } else {
-        "libnvrtc not found on the loader path"
+    let nvrtc = match (cuda::nvrtc_present(), l4_kernels::nvrtc::nvrtc_version()) {
+        (true, Ok((major, minor))) => format!("NVRTC {major}.{minor}: kernels compile for this machine's GPU at run time"),
+        (true, Err(e)) => format!("libnvrtc found but unusable: {e}"),
+        (false, _) => "libnvrtc not found on the loader path (kernels cannot be compiled; CPU paths work)".into(),
     };
-    let _ = writeln!(out, "  nvrtc: {nvrtc}");
+    let _ = writeln!(out, "  {nvrtc}");
     let _ = writeln!(out, "\npresets:");
     for preset in PRESETS {
         let (total, active) = preset.spec().param_counts();
