@@ -45,7 +45,9 @@ pub fn report() -> String {
     }
     let _ = writeln!(out, "\nkernel compiler:");
     let nvrtc = match (cuda::nvrtc_present(), l4_kernels::nvrtc::nvrtc_version()) {
-        (true, Ok((major, minor))) => format!("NVRTC {major}.{minor}: kernels compile for this machine's GPU at run time"),
+        (true, Ok((major, minor))) => {
+            format!("NVRTC {major}.{minor}: kernels compile for this machine's GPU at run time")
+        }
         (true, Err(e)) => format!("libnvrtc found but unusable: {e}"),
         (false, _) => "libnvrtc not found on the loader path (kernels cannot be compiled; CPU paths work)".into(),
     };

@@ -18,7 +18,10 @@ pub fn contiguous_bytes<'a>(t: &'a Tensor, op: &'static str, which: &str) -> Res
     if !t.is_contiguous() {
         return Err(Error::invalid(
             op,
-            format!("the CUDA path needs a contiguous `{which}`; got a strided view of shape {:?}", t.shape()),
+            format!(
+                "the CUDA path needs a contiguous `{which}`; got a strided view of shape {:?}",
+                t.shape()
+            ),
         ));
     }
     let size = t.dtype().size_in_bytes();
@@ -30,7 +33,10 @@ pub fn contiguous_bytes<'a>(t: &'a Tensor, op: &'static str, which: &str) -> Res
 /// outputs must be handled before launching (CUDA refuses zero-byte allocations).
 pub fn alloc_output(backend: &CudaBackend, op: &'static str, dtype: DType, n: usize) -> Result<CudaSlice<u8>> {
     if n == 0 {
-        return Err(Error::invalid(op, "internal: empty outputs are handled before allocating"));
+        return Err(Error::invalid(
+            op,
+            "internal: empty outputs are handled before allocating",
+        ));
     }
     // SAFETY: callers launch a kernel that writes every element before the tensor is read.
     Ok(unsafe { backend.stream().alloc::<u8>(n * dtype.size_in_bytes()) }?)
@@ -46,5 +52,9 @@ pub fn output_tensor(bytes: CudaSlice<u8>, dtype: DType, ordinal: usize, shape: 
 pub fn grid_1d(backend: &CudaBackend, n: usize, block: u32, blocks_per_sm: usize) -> LaunchConfig {
     let cap = (backend.info().sm_count * blocks_per_sm).max(1);
     let blocks = n.div_ceil(block as usize).clamp(1, cap);
-    LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }

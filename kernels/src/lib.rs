@@ -12,15 +12,23 @@
 //! `cargo xtask check-kernels` compiles every registered source for every architecture it
 //! declares and checks the tensor-core instruction class in the SASS ([`compile_check`]).
 
+pub mod cast;
 pub mod compile_check;
 mod disk_cache;
+pub mod elementwise;
 mod error;
+pub mod gather;
 pub mod launch;
 pub mod loader;
+pub mod matmul;
+pub mod norm;
 pub mod nvrtc;
+pub mod rope;
 pub mod sass;
+pub mod softmax;
 #[cfg(test)]
 mod testing;
+pub mod topk;
 pub mod vector_add;
 
 use std::fmt;
@@ -116,8 +124,34 @@ pub const VECTOR_ADD: KernelSource = kernel_source!(
     TensorCoreClass::None
 );
 
+/// Byte-exact gathers for embedding, index_select and cat, every dtype (see `gather/gather.cu`).
+pub const GATHER: KernelSource = kernel_source!("gather", "gather/gather.cu", DEFAULT_ARCHS, TensorCoreClass::None);
+
+/// Top-k over the last dimension, k <= 32, one warp per row (see `topk/topk.cu`).
+pub const TOPK: KernelSource = kernel_source!("topk", "topk/topk.cu", DEFAULT_ARCHS, TensorCoreClass::None);
+
+/// RMS norm and layer norm over the last dimension, f32/f16/bf16 (see `norm/norm.cu`).
+pub const NORM: KernelSource = kernel_source!("norm", "norm/norm.cu", DEFAULT_ARCHS, TensorCoreClass::None);
+
+/// Softmax over the last dimension, f32/f16/bf16 (see `softmax/softmax.cu`).
+pub const SOFTMAX: KernelSource = kernel_source!("softmax", "softmax/softmax.cu", DEFAULT_ARCHS, TensorCoreClass::None);
+
+/// Adjacent-pair rotary position embedding, f32/f16/bf16 (see `rope/rope.cu`).
+pub const ROPE: KernelSource = kernel_source!("rope", "rope/rope.cu", DEFAULT_ARCHS, TensorCoreClass::None);
+
+/// Unary and broadcasting binary elementwise ops, f32/f16/bf16 (see `elementwise/elementwise.cu`).
+pub const ELEMENTWISE: KernelSource = kernel_source!(
+    "elementwise",
+    "elementwise/elementwise.cu",
+    DEFAULT_ARCHS,
+    TensorCoreClass::None
+);
+
+/// Casts among f32, f16, bf16, f8e4m3 and f8e5m2, bit-exact with the CPU (see `cast/cast.cu`).
+pub const CAST: KernelSource = kernel_source!("cast", "cast/cast.cu", DEFAULT_ARCHS, TensorCoreClass::None);
+
 /// Every kernel source, in the order `check-kernels` reports them.
-pub const KERNELS: &[KernelSource] = &[VECTOR_ADD];
+pub const KERNELS: &[KernelSource] = &[VECTOR_ADD, NORM, SOFTMAX, ROPE, GATHER, TOPK, ELEMENTWISE, CAST];
 
 /// The registered kernel called `name`.
 pub fn kernel(name: &str) -> Option<&'static KernelSource> {
