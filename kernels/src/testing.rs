@@ -66,3 +66,22 @@ pub(crate) fn lcg_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         })
         .collect()
 }
+
+/// The ptxas statistics of `function` in a compile's log, for register assertions.
+///
+/// `None` (with a note on stderr) when the log holds no `ptxas info` line at all: the NVRTC of
+/// the CUDA 13.0 toolkit on the GPU machine was seen (2026-11-26) to leave them out for some
+/// sources, while the identical-version wheel CI uses prints them. Spills stay gated either way:
+/// `--warn-on-spills` with `--warning-as-error` fails the compile itself. A log that has ptxas
+/// info but not for `function` is a real failure (the function is missing).
+pub(crate) fn ptxas_stats<'a>(compiled: &'a crate::CompiledKernel, function: &str) -> Option<&'a crate::FunctionStats> {
+    if !compiled.log.contains("ptxas info") {
+        eprintln!(
+            "note: {}: NVRTC's log has no ptxas statistics; register checks skipped",
+            compiled.kernel
+        );
+        return None;
+    }
+    let stats = compiled.functions.iter().find(|f| f.name == function);
+    Some(stats.unwrap_or_else(|| panic!("no ptxas stats for {function} in the log:\n{}", compiled.log)))
+}
