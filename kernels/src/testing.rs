@@ -85,3 +85,38 @@ pub(crate) fn ptxas_stats<'a>(compiled: &'a crate::CompiledKernel, function: &st
     let stats = compiled.functions.iter().find(|f| f.name == function);
     Some(stats.unwrap_or_else(|| panic!("no ptxas stats for {function} in the log:\n{}", compiled.log)))
 }
+
+/// A fresh seed per run (from the clock), or `L4_TEST_SEED` to replay a failure.
+pub(crate) fn fresh_seed() -> u64 {
+    std::env::var("L4_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0x5eed)
+        })
+}
+
+/// SplitMix64: a tiny, good-enough generator for test inputs.
+pub(crate) struct Rng(pub(crate) u64);
+
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    pub(crate) fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())]
+    }
+}

@@ -10,6 +10,7 @@ use l4_core::{CpuStorage, DType, Device, Error, Tensor};
 
 use super::{cat, cuda, embedding, index_select, reference};
 use crate::testing::nvrtc_or_skip;
+use crate::testing::{Rng, fresh_seed};
 use crate::{GATHER, compile_cubin};
 
 /// The devices to run on: the CPU, plus CUDA device 0 when it is usable and NVRTC loads
@@ -19,41 +20,6 @@ fn devices(test: &str) -> Vec<Device> {
         .into_iter()
         .filter(|d| !d.is_cuda() || nvrtc_or_skip(test))
         .collect()
-}
-
-/// A fresh seed per run (from the clock), or `L4_TEST_SEED` to replay a failure.
-fn fresh_seed() -> u64 {
-    std::env::var("L4_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0x5eed)
-        })
-}
-
-/// SplitMix64: a tiny, good-enough generator for test inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
 }
 
 /// Sizes off every power of two, and 1.

@@ -14,6 +14,7 @@ use l4_core::{DType, Device, Error, Tensor};
 use super::cuda::{F32_COMPUTE_TYPE, FullF32, OperandLayout, matmul_config, operand_layout};
 use super::{cublaslt_matmul, matmul, reference};
 use crate::testing::env_flag;
+use crate::testing::{Rng, fresh_seed};
 
 /// The devices to run on: the CPU, plus CUDA device 0 when it is usable and libcublasLt loads
 /// (with `L4_REQUIRE_GPU` set, a missing GPU or libcublasLt is a failure).
@@ -33,40 +34,6 @@ fn devices(test: &str) -> Vec<Device> {
             false
         })
         .collect()
-}
-
-/// A fresh seed per run (from the clock), or `L4_TEST_SEED` to replay a failure.
-fn fresh_seed() -> u64 {
-    std::env::var("L4_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0x5eed)
-        })
-}
-
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
 }
 
 const ODD_SIZES: [usize; 5] = [1, 3, 17, 33, 129];
