@@ -23,6 +23,7 @@ pub mod loader;
 pub mod matmul;
 pub mod norm;
 pub mod nvrtc;
+pub mod ops;
 pub mod rope;
 pub mod sass;
 pub mod softmax;

@@ -10,6 +10,7 @@ use l4_core::cuda::CudaBackend;
 use l4_core::layout::elem_count;
 use l4_core::{DType, Error, Result, Tensor};
 
+use crate::elementwise::cuda::{Geometry, MAX_RANK, Plan, operand_view, plan};
 use crate::launch::{alloc_output, backend_of, contiguous_bytes, grid_1d, output_tensor};
 use crate::{GATHER, load_function};
 
@@ -377,4 +378,50 @@ pub fn launch_copy_rows(
     // base addresses, so every access is aligned.
     unsafe { builder.launch(config) }?;
     Ok(())
+}
+
+/// `x`'s elements in row-major order on its CUDA device, for any strided view of any dtype:
+/// one `copy_strided_w{elem_bytes}` launch over the view's merged geometry.
+pub fn contiguous(x: &Tensor) -> Result<Tensor> {
+    const OP: &str = "contiguous";
+    let backend = backend_of(x, OP)?;
+    let dtype = x.dtype();
+    let n = x.elem_count();
+    if n == 0 {
+        return empty_output(&backend, dtype, x.shape());
+    }
+    let geometry = match plan(OP, x.shape(), &[x.layout().strides()])? {
+        Plan::Strided(g) => g,
+        // Already one stride-1 run (a contiguous view at an offset): a single-row walk.
+        Plan::Contiguous => Geometry {
+            shape: [n as u64, 0, 0, 0, 0, 0, 0, 0],
+            stride_a: [1, 0, 0, 0, 0, 0, 0, 0],
+            stride_b: [0; MAX_RANK],
+            rank: 1,
+            pad: 0,
+        },
+    };
+    let src = operand_view(x, OP, "x")?;
+    let elem_bytes = dtype.size_in_bytes() as u64;
+    if (src.len() as u64) < geometry.extent(0) * elem_bytes {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "internal: a view of {} bytes cannot hold the {} elements the copy reads",
+                src.len(),
+                geometry.extent(0)
+            ),
+        ));
+    }
+    let mut out = alloc_poisoned_in_tests(&backend, OP, dtype, n)?;
+    let function = load_function(&backend, &GATHER, &format!("copy_strided_w{elem_bytes}"))?;
+    let config = grid_1d(&backend, n, BLOCK, BLOCKS_PER_SM);
+    let count = n as u64;
+    let mut builder = backend.stream().launch_builder(&function);
+    builder.arg(&src).arg(&mut out).arg(&count).arg(&geometry);
+    // SAFETY: the arguments match `copy_strided_*` (two device pointers, a u64 count and the
+    // by-value geometry, laid out like `CopyGeometry`); `out` holds n elements of the dtype's
+    // width and every offset the geometry yields lies inside `src` (checked above).
+    unsafe { builder.launch(config) }?;
+    output_tensor(out, dtype, backend.info().ordinal, x.shape())
 }

@@ -18,6 +18,12 @@
 //   2. copy_rows_w{1,2,4,8,16}         a strided 2-D copy, dst[r * dst_stride + c] =
 //                                      src[r * src_stride + c] for c < row_words: one launch
 //                                      per part of a cat writes that part's column block.
+//   3. copy_strided_w{1,2,4,8}         `contiguous()` of any strided view: out[i] = src[offset(i)]
+//                                      with offset(i) from the view's merged shape and element
+//                                      strides (CopyGeometry, passed by value); one element (of
+//                                      the dtype's width) per thread and step. Row-major output
+//                                      order keeps the stores coalesced; loads are coalesced
+//                                      whenever the innermost merged dimension has stride 1.
 // All use a grid-stride loop over the flattened (row, word) space, so any grid covers any size.
 //
 // Check: cargo xtask check-kernels            (sm_90a CUBIN, spills are errors, SASS class: none)
@@ -87,3 +93,49 @@ L4_COPY_ROWS(copy_rows_w2, unsigned short)
 L4_COPY_ROWS(copy_rows_w4, unsigned int)
 L4_COPY_ROWS(copy_rows_w8, u64)
 L4_COPY_ROWS(copy_rows_w16, l4_w16)
+
+// The merged geometry of a strided view, innermost dimension first. Laid out exactly as
+// `Geometry` in elementwise/cuda.rs (200 bytes); only `stride_a` is read here.
+#define COPY_MAX_RANK 8
+struct CopyGeometry {
+    u64 shape[COPY_MAX_RANK];
+    u64 stride_a[COPY_MAX_RANK];
+    u64 stride_b[COPY_MAX_RANK];
+    unsigned int rank;
+    unsigned int pad;
+};
+
+// The storage offset (in elements) of output element i. Fully unrolled so the geometry is read
+// from parameter space with constant indices.
+static __device__ __forceinline__ u64 copy_offset(u64 i, const CopyGeometry& g) {
+    u64 rem = i, offset = 0;
+#pragma unroll
+    for (int d = 0; d < COPY_MAX_RANK; ++d) {
+        if (d + 1 < (int)g.rank) {
+            const u64 q = rem / g.shape[d];
+            offset += (rem - q * g.shape[d]) * g.stride_a[d];
+            rem = q;
+        } else if (d + 1 == (int)g.rank) {
+            offset += rem * g.stride_a[d];
+        }
+    }
+    return offset;
+}
+
+template <typename W>
+static __device__ __forceinline__ void copy_strided(const W* __restrict__ src, W* __restrict__ out, u64 n,
+                                                    const CopyGeometry& g) {
+    const u64 stride = (u64)gridDim.x * blockDim.x;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) out[i] = src[copy_offset(i, g)];
+}
+
+#define L4_COPY_STRIDED(NAME, W)                                                                   \
+    extern "C" __global__ void NAME(const W* __restrict__ src, W* __restrict__ out, u64 n,         \
+                                    const CopyGeometry g) {                                        \
+        copy_strided<W>(src, out, n, g);                                                           \
+    }
+
+L4_COPY_STRIDED(copy_strided_w1, unsigned char)
+L4_COPY_STRIDED(copy_strided_w2, unsigned short)
+L4_COPY_STRIDED(copy_strided_w4, unsigned int)
+L4_COPY_STRIDED(copy_strided_w8, u64)

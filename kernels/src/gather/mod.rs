@@ -5,6 +5,8 @@
 //! * [`index_select`]`(x, dim, indices [k])`: `out[.., j, ..] = x[.., indices[j], ..]`, `x`'s
 //!   shape with `dim` of size k.
 //! * [`cat`]`(parts, dim)`: the parts one after the other along `dim` (equal sizes elsewhere).
+//! * [`contiguous`]`(x)`: any strided view (permuted, narrowed, broadcast) copied into row-major
+//!   order; a tensor that is already contiguous comes back as itself, without a copy.
 //!
 //! Dtypes: every dtype (elements are copied bit for bit, NaN payloads and signed zeros
 //! included); ids and indices are I32 or I64 (any shape for embedding, 1-D for index_select).
@@ -12,7 +14,7 @@
 //! CUDA path copies the ids to the host and checks them before launching). Devices: all
 //! operands on one device; the CPU path is l4-core's own op ([`reference`]), the CUDA path
 //! launches `gather.cu` ([`cuda`]) and needs contiguous data operands (a strided view is an
-//! error naming the operand; call `contiguous()` on the host first). Results are bit-exact
+//! error naming the operand; call [`contiguous`] first). Results are bit-exact
 //! with the CPU.
 
 pub mod cuda;
@@ -61,5 +63,18 @@ pub fn cat(parts: &[&Tensor], dim: usize) -> Result<Tensor> {
     match first.device() {
         Device::Cpu => reference::cat(parts, dim),
         Device::Cuda(_) => cuda::cat(parts, dim),
+    }
+}
+
+/// `x`'s elements in row-major order: `x` itself when it is already contiguous, otherwise a
+/// copy on `x`'s device (every dtype, bit for bit). Errors: on CUDA, a view whose dimensions
+/// cannot be merged into at most 8 strided ones.
+pub fn contiguous(x: &Tensor) -> Result<Tensor> {
+    if x.is_contiguous() {
+        return Ok(x.clone());
+    }
+    match x.device() {
+        Device::Cpu => reference::contiguous(x),
+        Device::Cuda(_) => cuda::contiguous(x),
     }
 }

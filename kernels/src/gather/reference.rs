@@ -1,5 +1,5 @@
 //! The CPU reference for the gather ops, which is also their CPU backend: l4-core's own
-//! `embedding`, `index_select` and `cat` (plain loops over storage positions that copy each
+//! `embedding`, `index_select`, `cat` and `contiguous` (plain loops over storage positions that copy each
 //! element exactly, for every dtype).
 
 use l4_core::{Result, Tensor};
@@ -17,4 +17,9 @@ pub fn index_select(x: &Tensor, dim: usize, indices: &Tensor) -> Result<Tensor> 
 /// Concatenation along `dim` on the host.
 pub fn cat(parts: &[&Tensor], dim: usize) -> Result<Tensor> {
     Tensor::cat(parts, dim)
+}
+
+/// The elements of any view in row-major order, as a new contiguous host tensor.
+pub fn contiguous(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()
 }

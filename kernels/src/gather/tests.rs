@@ -8,7 +8,7 @@ use l4_core::layout::elem_count;
 use l4_core::testing::test_devices;
 use l4_core::{CpuStorage, DType, Device, Error, Tensor};
 
-use super::{cat, cuda, embedding, index_select, reference};
+use super::{cat, contiguous, cuda, embedding, index_select, reference};
 use crate::testing::nvrtc_or_skip;
 use crate::testing::{Rng, fresh_seed};
 use crate::{GATHER, compile_cubin};
@@ -320,6 +320,62 @@ fn bad_operands_are_errors_on_every_device() {
     }
 }
 
+/// A random strided view of `t` (on its device): a permutation, a narrowing of every dimension
+/// larger than 1, and sometimes a broadcast of a new leading dimension, described for messages.
+fn random_view(t: &Tensor, rng: &mut Rng) -> (Tensor, String) {
+    let mut view = t.clone();
+    let mut steps = Vec::new();
+    let mut dims: Vec<usize> = (0..t.rank()).collect();
+    for i in (1..dims.len()).rev() {
+        dims.swap(i, rng.below(i + 1));
+    }
+    view = view.permute(&dims).unwrap();
+    steps.push(format!("permute {dims:?}"));
+    for d in 0..view.rank() {
+        let size = view.shape()[d];
+        if size > 1 && rng.below(2) == 0 {
+            let start = rng.below(size);
+            let len = 1 + rng.below(size - start);
+            view = view.narrow(d, start, len).unwrap();
+            steps.push(format!("narrow({d}, {start}, {len})"));
+        }
+    }
+    if rng.below(3) == 0 {
+        let mut shape = vec![rng.pick(&[2, 3])];
+        shape.extend_from_slice(view.shape());
+        view = view.broadcast_as(&shape).unwrap();
+        steps.push(format!("broadcast to {shape:?}"));
+    }
+    (view, steps.join(", "))
+}
+
+#[test]
+fn contiguous_copies_any_view_exactly_on_every_device() {
+    let seed = fresh_seed();
+    let mut rng = Rng(seed);
+    for device in devices("contiguous_copies_any_view_exactly_on_every_device") {
+        for case in 0..24 {
+            let dtype = DType::ALL[case % DType::ALL.len()];
+            let rank = 1 + rng.below(5);
+            let shape: Vec<usize> = (0..rank).map(|_| rng.pick(&ODD_SIZES[..4])).collect();
+            let host = random_tensor(&shape, dtype, &mut rng);
+            let dev = offset_view(&host, rng.below(2), device, &mut rng);
+            // The same random view of both copies: the view sequence depends only on the seed.
+            let view_seed = rng.next();
+            let (host_view, steps) = random_view(&host, &mut Rng(view_seed));
+            let (dev_view, _) = random_view(&dev, &mut Rng(view_seed));
+            let want = reference::contiguous(&host_view).unwrap();
+            let got = contiguous(&dev_view).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            assert!(got.is_contiguous());
+            let context = format!("seed {seed}, {device}, contiguous {dtype} {shape:?} after {steps}");
+            assert_same(&got, &want, &context);
+        }
+        // A contiguous tensor comes back as itself.
+        let t = Tensor::arange(6, DType::F32, device).unwrap();
+        assert_same(&contiguous(&t).unwrap(), &t, "already contiguous");
+    }
+}
+
 #[test]
 fn gpu_rejects_strided_data_and_mixed_devices() {
     let Some(device) = devices("gpu_rejects_strided_data_and_mixed_devices")
@@ -365,6 +421,7 @@ fn compiles_for_every_declared_arch_without_spills() {
         }
     }
     names.extend([1, 2, 4, 8, 16].map(|w| format!("copy_rows_w{w}")));
+    names.extend([1, 2, 4, 8].map(|w| format!("copy_strided_w{w}")));
     for arch in GATHER.archs {
         let compiled = compile_cubin(&GATHER, arch, &[]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(compiled.spill_bytes(), 0, "{}", compiled.log);
