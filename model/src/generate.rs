@@ -46,7 +46,10 @@ pub fn greedy(
     for _ in 0..options.max_new_tokens {
         let logits = model.forward(&input, &mut cache, Capture::default())?.logits; // [b, t, v]
         let steps = logits.shape()[1];
-        let last = logits.narrow(1, steps - 1, 1)?.squeeze(1)?.to_dtype(DType::F32)?; // [b, v]
+        // Only the last position's row leaves the device.
+        let last = l4_kernels::ops::contiguous(&logits.narrow(1, steps - 1, 1)?.squeeze(1)?)?
+            .to_device(Device::Cpu)?
+            .to_dtype(DType::F32)?; // [b, v]
         let next = argmax_rows(&last)?;
         let next: Vec<i64> = next
             .iter()

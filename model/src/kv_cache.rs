@@ -5,6 +5,7 @@
 //! the same chunk, so older chunks are dropped as soon as a step crosses into a new one.
 
 use l4_core::{Result, Tensor};
+use l4_kernels::ops;
 
 use crate::spec::Span;
 
@@ -44,7 +45,7 @@ impl LayerCache {
     /// Afterwards, chunked layers drop the keys no later query can see.
     pub fn append(&mut self, k: &Tensor, v: &Tensor, pos: usize) -> Result<(Tensor, Tensor, usize)> {
         let (keys, values, start) = match (&self.keys, &self.values) {
-            (Some(ck), Some(cv)) => (Tensor::cat(&[ck, k], 2)?, Tensor::cat(&[cv, v], 2)?, self.start),
+            (Some(ck), Some(cv)) => (ops::cat(&[ck, k], 2)?, ops::cat(&[cv, v], 2)?, self.start),
             _ => (k.clone(), v.clone(), pos),
         };
         let next = pos + k.shape()[2];
@@ -53,8 +54,8 @@ impl LayerCache {
             Span::Chunked(chunk) => (next / chunk * chunk).max(start),
         };
         let kept = next - keep_from;
-        self.keys = Some(keys.narrow(2, keep_from - start, kept)?.contiguous()?);
-        self.values = Some(values.narrow(2, keep_from - start, kept)?.contiguous()?);
+        self.keys = Some(ops::contiguous(&keys.narrow(2, keep_from - start, kept)?)?);
+        self.values = Some(ops::contiguous(&values.narrow(2, keep_from - start, kept)?)?);
         self.start = keep_from;
         Ok((keys, values, start))
     }

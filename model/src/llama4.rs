@@ -1,9 +1,10 @@
 //! The Llama 4 text decoder, assembled from parts chosen by the per-layer plan.
 
 use l4_core::{DType, Device, Error, Result, Tensor};
+use l4_kernels::ops;
 
 use crate::kv_cache::KvCache;
-use crate::parts::attention::{AttentionContext, AttentionShape, AttentionWeights, attention_forward};
+use crate::parts::attention::{AttentionContext, AttentionShape, AttentionWeights, StepMasks, attention_forward};
 use crate::parts::linear::Linear;
 use crate::parts::mlp::SwiGlu;
 use crate::parts::moe::Moe;
@@ -190,7 +191,7 @@ impl Llama4 {
             rms_norm_eps: eps,
         };
 
-        let mut h = l4_core::ops::embedding(&self.embed, &ids.to_device(self.device)?)?; // [b, t, d]
+        let mut h = ops::embedding(&self.embed, &ids.to_device(self.device)?)?; // [b, t, d]
         let mut output = ForwardOutput {
             logits: h.clone(),
             hidden_states: Vec::new(),
@@ -199,9 +200,10 @@ impl Llama4 {
         if capture.hidden_states {
             output.hidden_states.push(h.clone());
         }
+        let mut masks = StepMasks::new(self.dtype, self.device);
         for (i, layer) in self.layers.iter().enumerate() {
             // h = h + attn(norm(h))
-            let normed = h.rms_norm(Some(&layer.input_norm), eps)?;
+            let normed = ops::rms_norm(&h, Some(&layer.input_norm), eps)?;
             let attended = attention_forward(
                 context,
                 &layer.spec,
@@ -209,10 +211,11 @@ impl Llama4 {
                 &normed,
                 start,
                 cache.layer_mut(i),
+                &mut masks,
             )?;
-            h = h.add(&attended)?;
+            h = ops::add(&h, &attended)?;
             // h = h + ffn(norm(h))
-            let normed = h.rms_norm(Some(&layer.post_norm), eps)?.reshape(&[b * t, d])?;
+            let normed = ops::rms_norm(&h, Some(&layer.post_norm), eps)?.reshape(&[b * t, d])?;
             let ffn_out = match &layer.ffn {
                 FfnBlock::Dense(mlp) => mlp.forward(&normed)?,
                 FfnBlock::Moe(moe) => {
@@ -223,13 +226,13 @@ impl Llama4 {
                     out.output
                 }
             };
-            h = h.add(&ffn_out.reshape(&[b, t, d])?)?;
+            h = ops::add(&h, &ffn_out.reshape(&[b, t, d])?)?;
             if capture.hidden_states {
                 output.hidden_states.push(h.clone());
             }
         }
         cache.advance(t);
-        output.logits = self.lm_head.forward(&h.rms_norm(Some(&self.final_norm), eps)?)?;
+        output.logits = self.lm_head.forward(&ops::rms_norm(&h, Some(&self.final_norm), eps)?)?;
         Ok(output)
     }
 }

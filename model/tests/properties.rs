@@ -13,7 +13,7 @@ use l4_core::testing::{Tolerance, assert_close, gamma};
 use l4_core::{DType, Device, Result, Tensor};
 use l4_model::hf_config::HfArchitecture;
 use l4_model::kv_cache::LayerCache;
-use l4_model::parts::attention::{AttentionContext, AttentionShape, AttentionWeights, attention_forward};
+use l4_model::parts::attention::{AttentionContext, AttentionShape, AttentionWeights, StepMasks, attention_forward};
 use l4_model::parts::linear::Linear;
 use l4_model::parts::mlp::SwiGlu;
 use l4_model::parts::moe::Moe;
@@ -366,7 +366,8 @@ fn run_attention(case: &AttentionCase, span: Span) -> Tensor {
         rope: &rope,
         rms_norm_eps: 1e-5,
     };
-    attention_forward(context, &layer, &weights, &x, 0, &mut cache).unwrap()
+    let mut masks = StepMasks::new(DType::F32, Device::Cpu);
+    attention_forward(context, &layer, &weights, &x, 0, &mut cache, &mut masks).unwrap()
 }
 
 proptest! {

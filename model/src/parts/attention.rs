@@ -1,7 +1,11 @@
 //! Llama 4 attention: GQA with RoPE or NoPE, chunked-local or global causal spans, QK-norm and
 //! query temperature tuning, over a per-layer KV cache.
 
+use std::collections::HashMap;
+use std::ops::Range;
+
 use l4_core::{DType, Device, Error, Result, Tensor};
+use l4_kernels::ops;
 
 use super::linear::Linear;
 use super::rope::RotaryTable;
@@ -46,12 +50,7 @@ pub struct AttentionContext<'a> {
 /// Query blocks whose keys form one contiguous range: a chunk for chunked layers (queries in
 /// chunk c see keys of chunk c only), everything for global layers. Returns, per block, the
 /// query range (offsets into the current step) and the absolute key range.
-fn query_blocks(
-    span: Span,
-    start: usize,
-    t: usize,
-    cache_start: usize,
-) -> Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> {
+fn query_blocks(span: Span, start: usize, t: usize, cache_start: usize) -> Vec<(Range<usize>, Range<usize>)> {
     match span {
         Span::Global => vec![(0..t, cache_start..start + t)],
         Span::Chunked(chunk) => {
@@ -69,14 +68,8 @@ fn query_blocks(
 }
 
 /// Additive causal mask `[rows, keys]` for one block: rows are `g` query heads × `tq` tokens
-/// (head-major), a key is visible when its position is at most the query's.
-fn causal_mask(
-    g: usize,
-    queries: std::ops::Range<usize>,
-    start: usize,
-    keys: std::ops::Range<usize>,
-    dtype: DType,
-) -> Result<Tensor> {
+/// (head-major), a key is visible when its position is at most the query's. Built on the host.
+fn causal_mask(g: usize, queries: Range<usize>, start: usize, keys: Range<usize>, dtype: DType) -> Result<Tensor> {
     let tq = queries.len();
     let nk = keys.len();
     let mut mask = vec![0.0f32; g * tq * nk];
@@ -91,6 +84,36 @@ fn causal_mask(
     Tensor::from_f32_vec(mask, &[g * tq, nk], dtype, Device::Cpu)
 }
 
+/// The causal masks of one forward step, on the model's device. Every layer with the same span
+/// sees the same query and key ranges in a step, so each distinct mask is built and uploaded
+/// once per step instead of once per layer.
+#[derive(Debug)]
+pub struct StepMasks {
+    device: Device,
+    dtype: DType,
+    masks: HashMap<(usize, Range<usize>, usize, Range<usize>), Tensor>,
+}
+
+impl StepMasks {
+    /// No masks yet; they are made on first use, in `dtype` on `device`.
+    pub fn new(dtype: DType, device: Device) -> Self {
+        StepMasks {
+            device,
+            dtype,
+            masks: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, g: usize, queries: Range<usize>, start: usize, keys: Range<usize>) -> Result<&Tensor> {
+        let key = (g, queries.clone(), start, keys.clone());
+        if !self.masks.contains_key(&key) {
+            let mask = causal_mask(g, queries, start, keys, self.dtype)?.to_device(self.device)?;
+            self.masks.insert(key.clone(), mask);
+        }
+        Ok(&self.masks[&key])
+    }
+}
+
 /// The attention block of one layer: `x [b, t, d]` at absolute positions `start..start+t`
 /// → `[b, t, d]`, appending this step's keys and values to `cache`.
 pub fn attention_forward(
@@ -100,6 +123,7 @@ pub fn attention_forward(
     x: &Tensor,
     start: usize,
     cache: &mut LayerCache,
+    masks: &mut StepMasks,
 ) -> Result<Tensor> {
     let AttentionContext {
         shape,
@@ -129,43 +153,39 @@ pub fn attention_forward(
         k = rope.apply(&k, start)?;
     }
     if layer.qk_norm {
-        q = q.rms_norm(None, rms_norm_eps)?;
-        k = k.rms_norm(None, rms_norm_eps)?;
+        q = ops::rms_norm(&q, None, rms_norm_eps)?;
+        k = ops::rms_norm(&k, None, rms_norm_eps)?;
     }
     if let Some(temperature) = layer.temperature {
         let scales: Vec<f32> = (0..t).map(|i| temperature.factor(start + i) as f32).collect();
-        q = q.mul(&Tensor::from_f32_vec(scales, &[1, t, 1, 1], q.dtype(), q.device())?)?;
+        q = ops::mul(&q, &Tensor::from_f32_vec(scales, &[1, t, 1, 1], q.dtype(), q.device())?)?;
     }
 
     // Keys and values join the cache after RoPE and QK-norm; v is cached raw.
-    let k = k.permute(&[0, 2, 1, 3])?.contiguous()?; // [b, hk, t, dh]
-    let v = v.permute(&[0, 2, 1, 3])?.contiguous()?; // [b, hk, t, dh]
+    let k = ops::contiguous(&k.permute(&[0, 2, 1, 3])?)?; // [b, hk, t, dh]
+    let v = ops::contiguous(&v.permute(&[0, 2, 1, 3])?)?; // [b, hk, t, dh]
     let (keys, values, cache_start) = cache.append(&k, &v, start)?; // [b, hk, s, dh], first at cache_start
 
     // Group query heads by their kv head: head i uses kv head i / g.
-    let q = q.permute(&[0, 2, 1, 3])?.contiguous()?.reshape(&[b, hk, g, t, dh])?;
+    let q = ops::contiguous(&q.permute(&[0, 2, 1, 3])?)?.reshape(&[b, hk, g, t, dh])?;
     let scale = (dh as f64).powf(-0.5);
     let mut outputs = Vec::new();
     for (queries, key_range) in query_blocks(layer.span, start, t, cache_start) {
         let tq = queries.len();
-        let q_block = q
-            .narrow(3, queries.start, tq)?
-            .contiguous()?
-            .reshape(&[b, hk, g * tq, dh])?;
+        let q_block = ops::contiguous(&q.narrow(3, queries.start, tq)?)?.reshape(&[b, hk, g * tq, dh])?;
         let k_block = keys.narrow(2, key_range.start - cache_start, key_range.len())?;
         let v_block = values.narrow(2, key_range.start - cache_start, key_range.len())?;
-        let mask = causal_mask(g, queries.clone(), start, key_range, q.dtype())?.to_device(x.device())?;
-        let scores = q_block.matmul(&k_block.transpose(2, 3)?)?.scale(scale)?.add(&mask)?; // [b, hk, g·tq, nk]
-        let probs = scores.softmax(3)?;
-        outputs.push(probs.matmul(&v_block)?.reshape(&[b, hk, g, tq, dh])?);
+        let mask = masks.get(g, queries.clone(), start, key_range)?;
+        let scores = ops::matmul(&q_block, &k_block.transpose(2, 3)?)?; // [b, hk, g·tq, nk]
+        let probs = ops::softmax_last(&ops::add(&ops::scale(&scores, scale)?, mask)?)?;
+        outputs.push(ops::matmul(&probs, &v_block)?.reshape(&[b, hk, g, tq, dh])?);
     }
-    let refs: Vec<&Tensor> = outputs.iter().collect();
-    let attended = Tensor::cat(&refs, 3)?; // [b, hk, g, t, dh]
-    let attended = attended
-        .reshape(&[b, h, t, dh])?
-        .permute(&[0, 2, 1, 3])?
-        .contiguous()?
-        .reshape(&[b, t, h * dh])?;
+    let attended = match &outputs[..] {
+        [one] => one.clone(),
+        several => ops::cat(&several.iter().collect::<Vec<_>>(), 3)?,
+    }
+    .reshape(&[b, h, t, dh])?; // from [b, hk, g, t, dh]
+    let attended = ops::contiguous(&attended.permute(&[0, 2, 1, 3])?)?.reshape(&[b, t, h * dh])?;
     weights.o.forward(&attended)
 }
 

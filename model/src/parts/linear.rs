@@ -3,6 +3,7 @@
 //! so resident memory stays at the checkpoint's size).
 
 use l4_core::{Error, Result, Tensor};
+use l4_kernels::ops;
 
 /// `y = x · Wᵀ`, holding `Wᵀ [in, out]`: a transposed view of HF's `W [out, in]`, or a weight
 /// that is already `[in, out]` (HF's fused experts).
@@ -45,11 +46,11 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let shape = x.shape();
         let rows: usize = shape[..shape.len().saturating_sub(1)].iter().product();
-        let flat = x.contiguous()?.reshape(&[rows, self.in_features()])?;
+        let flat = ops::contiguous(x)?.reshape(&[rows, self.in_features()])?;
         let mut out_shape = shape.to_vec();
         if let Some(last) = out_shape.last_mut() {
             *last = self.out_features();
         }
-        flat.matmul(&self.weight_t)?.reshape(&out_shape)
+        ops::matmul(&flat, &self.weight_t)?.reshape(&out_shape)
     }
 }

@@ -1,6 +1,7 @@
 //! The SwiGLU MLP: dense layers and the MoE block's shared expert.
 
 use l4_core::{Result, Tensor};
+use l4_kernels::ops;
 
 use super::linear::Linear;
 
@@ -18,7 +19,7 @@ pub struct SwiGlu {
 impl SwiGlu {
     /// `x [.., d] -> [.., d]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let hidden = self.gate.forward(x)?.silu()?.mul(&self.up.forward(x)?)?; // [.., f]
+        let hidden = ops::mul(&ops::silu(&self.gate.forward(x)?)?, &self.up.forward(x)?)?; // [.., f]
         self.down.forward(&hidden)
     }
 }

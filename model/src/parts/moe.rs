@@ -1,6 +1,7 @@
 //! The MoE block: router, routed SwiGLU experts (only the chosen ones run), shared expert.
 
 use l4_core::{Device, Error, Result, Tensor};
+use l4_kernels::ops;
 
 use super::linear::Linear;
 use super::mlp::SwiGlu;
@@ -54,43 +55,74 @@ impl Moe {
         let router_logits = self.router.forward(x)?; // [n, e]
         let routing = self.strategy.route(&router_logits.to_f32_vec()?, n, n_experts)?;
 
-        let mut combined = match &self.shared {
-            Some(shared) => shared.forward(x)?.to_f32_vec()?,
-            None => vec![0.0; n * d],
-        };
-        // Token slots per expert: (token, weight).
-        let mut slots: Vec<Vec<(usize, f32)>> = vec![Vec::new(); n_experts];
-        for (slot, (&expert, &weight)) in routing.experts.iter().zip(&routing.weights).enumerate() {
-            slots[expert].push((slot / routing.top_k, weight));
+        // Slots (token-major: slot = token·k + j) grouped by expert, in expert order.
+        let k = routing.top_k;
+        let well_formed = k > 0
+            && routing.experts.len() == n * k
+            && routing.weights.len() == n * k
+            && routing.experts.iter().all(|&e| e < n_experts);
+        if !well_formed {
+            return Err(Error::invalid(
+                "moe",
+                format!(
+                    "router {:?} returned {} experts and {} weights for {n} tokens x top-{k} over {n_experts} experts",
+                    self.strategy.name(),
+                    routing.experts.len(),
+                    routing.weights.len()
+                ),
+            ));
         }
-        for (expert, tokens) in slots.iter().enumerate().filter(|(_, t)| !t.is_empty()) {
-            let ids: Vec<i64> = tokens.iter().map(|&(t, _)| t as i64).collect();
-            let ids = Tensor::from_vec(ids, &[tokens.len()], Device::Cpu)?.to_device(x.device())?;
+        let mut slots_by_expert: Vec<Vec<usize>> = vec![Vec::new(); n_experts];
+        for (slot, &expert) in routing.experts.iter().enumerate() {
+            slots_by_expert[expert].push(slot);
+        }
+        let mut expert_outputs = Vec::new(); // per used expert: [n_e, d]
+        for (expert, slots) in slots_by_expert.iter().enumerate().filter(|(_, s)| !s.is_empty()) {
+            let tokens: Vec<i64> = slots.iter().map(|&s| (s / k) as i64).collect();
+            let tokens = Tensor::from_vec(tokens, &[slots.len()], Device::Cpu)?.to_device(x.device())?;
             let weights = Tensor::from_f32_vec(
-                tokens.iter().map(|&(_, w)| w).collect(),
-                &[tokens.len(), 1],
+                slots.iter().map(|&s| routing.weights[s]).collect(),
+                &[slots.len(), 1],
                 x.dtype(),
                 x.device(),
             )?;
-            let mut x_e = x.index_select(0, &ids)?; // [n_e, d]
+            let mut x_e = ops::index_select(x, 0, &tokens)?; // [n_e, d]
             if routing.placement == WeightPlacement::Input {
-                x_e = x_e.mul(&weights)?;
+                x_e = ops::mul(&x_e, &weights)?;
             }
             let gate_up = self.gate_up.narrow(0, expert, 1)?.reshape(&[d, 2 * f])?;
             let down = self.down.narrow(0, expert, 1)?.reshape(&[f, d])?;
-            let projected = x_e.matmul(&gate_up)?; // [n_e, 2f]
-            let hidden = projected.narrow(1, 0, f)?.silu()?.mul(&projected.narrow(1, f, f)?)?; // [n_e, f]
-            let mut y = hidden.matmul(&down)?; // [n_e, d]
+            let projected = ops::matmul(&x_e, &gate_up)?; // [n_e, 2f]
+            let hidden = ops::mul(&ops::silu(&projected.narrow(1, 0, f)?)?, &projected.narrow(1, f, f)?)?; // [n_e, f]
+            let mut y = ops::matmul(&hidden, &down)?; // [n_e, d]
             if routing.placement == WeightPlacement::Output {
-                y = y.mul(&weights)?;
+                y = ops::mul(&y, &weights)?;
             }
-            for (row, &(token, _)) in y.to_f32_vec()?.chunks(d).zip(tokens) {
-                for (acc, v) in combined[token * d..(token + 1) * d].iter_mut().zip(row) {
-                    *acc += v;
-                }
-            }
+            expert_outputs.push(y);
         }
-        let output = Tensor::from_f32_vec(combined, &[n, d], x.dtype(), x.device())?;
+        // Back to slot order: row r of the expert-ordered outputs holds slot `order[r]`.
+        let order: Vec<usize> = slots_by_expert.concat();
+        let mut position_of_slot = vec![0i64; order.len()];
+        for (row, &slot) in order.iter().enumerate() {
+            position_of_slot[slot] = row as i64;
+        }
+        let by_expert = ops::cat(&expert_outputs.iter().collect::<Vec<_>>(), 0)?; // [n·k, d]
+        let positions = Tensor::from_vec(position_of_slot, &[n * k], Device::Cpu)?.to_device(x.device())?;
+        let by_slot = ops::index_select(&by_expert, 0, &positions)?.reshape(&[n, k, d])?;
+        // shared(x) + Σ_j expert_j: the same order of additions on every device.
+        let mut output = match &self.shared {
+            Some(shared) => Some(shared.forward(x)?),
+            None => None,
+        };
+        for j in 0..k {
+            let routed = by_slot.narrow(1, j, 1)?.squeeze(1)?; // [n, d]
+            output = Some(match output {
+                Some(sum) => ops::add(&sum, &routed)?,
+                None => ops::contiguous(&routed)?,
+            });
+        }
+        let output =
+            output.ok_or_else(|| Error::invalid("moe", "a router chose no expert and there is no shared expert"))?;
         Ok(MoeOutput {
             output,
             router_logits,

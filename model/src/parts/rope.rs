@@ -52,46 +52,10 @@ impl RotaryTable {
         &self.inv_freq
     }
 
-    /// `(cos, sin)` of the angle `p·θ_j`, the angle rounded to f32 first as HF computes it.
-    fn cos_sin(&self, position: usize, j: usize) -> (f32, f32) {
-        let angle = position as f32 * self.inv_freq[j];
-        let (sin, cos) = (angle as f64).sin_cos();
-        (cos as f32, sin as f32)
-    }
-
-    /// Rotates `x [b, t, heads, dh]` whose token `i` sits at absolute position `start + i`.
+    /// Rotates `x [b, t, heads, dh]` whose token `i` sits at absolute position `start + i`, on
+    /// `x`'s device (the angle `f32(p)·θ_j` rounded to f32 first, as HF computes it).
     pub fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
-        let shape = x.shape().to_vec();
-        let [_, t, heads, head_dim] = shape[..] else {
-            return Err(l4_core::Error::BadShape {
-                op: "rope",
-                shape,
-                msg: "expected [b, t, heads, dh]".into(),
-            });
-        };
-        if head_dim != 2 * self.inv_freq.len() {
-            return Err(l4_core::Error::BadShape {
-                op: "rope",
-                shape,
-                msg: format!("head width must be {}", 2 * self.inv_freq.len()),
-            });
-        }
-        let mut values = x.to_f32_vec()?;
-        // Angles per (token, pair), shared by every batch row and head.
-        let table: Vec<(f32, f32)> = (0..t)
-            .flat_map(|i| (0..head_dim / 2).map(move |j| (i, j)))
-            .map(|(i, j)| self.cos_sin(start + i, j))
-            .collect();
-        for (row, head_vec) in values.chunks_mut(head_dim).enumerate() {
-            let token = (row / heads) % t;
-            let angles = &table[token * head_dim / 2..(token + 1) * head_dim / 2];
-            for (pair, &(cos, sin)) in head_vec.chunks_mut(2).zip(angles) {
-                let (re, im) = (pair[0], pair[1]);
-                pair[0] = re * cos - im * sin;
-                pair[1] = re * sin + im * cos;
-            }
-        }
-        Tensor::from_f32_vec(values, &shape, x.dtype(), x.device())
+        l4_kernels::ops::rope(x, &self.inv_freq, start)
     }
 }
 
