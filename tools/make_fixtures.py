@@ -453,6 +453,19 @@ def make_fixture(name: str, spec: dict, write: bool) -> dict:
     for k, v in ref_diff.items():
         check(v < REF_TOL, f"reference mismatch on {k}: {v}")
 
+    # ---------------- HF in bfloat16 (weights rounded to bf16, every op in bf16), against the
+    # same f64 reference: the scale of bf16 error l4lab's bf16 paths are held to.
+    model_bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    bf16_logits = hf_forward(model_bf16, input_ids).logits
+    bf16_greedy_ids, _, _ = hf_generate(model_bf16, input_ids, N, use_cache=True)
+    del model_bf16
+    hf_bf16 = {
+        "logits": maxabs(bf16_logits, r_logits),
+        "prefill_argmax_agreement_with_f32": (bf16_logits.argmax(-1) == logits.argmax(-1)).float().mean().item(),
+        "greedy_ids": bf16_greedy_ids.tolist(),
+    }
+    print("HF bf16 vs independent f64 reference, max|diff| of logits:", f"{hf_bf16['logits']:.2e}")
+
     # ---------------- routing diversity
     hist = {}
     for i in moe_layers:
@@ -609,6 +622,7 @@ def make_fixture(name: str, spec: dict, write: bool) -> dict:
             "rope_inv_freq": "HF rotary inv_freq (f32, after llama3 scaling if any), length head_dim/2",
         },
         "hf_vs_f64_reference_maxabs": ref_diff,
+        "hf_bf16_vs_f64_reference": hf_bf16,
         "router_expert_histogram": {str(k): v for k, v in hist.items()},
         "min_router_top1_top2_gap": router_margin,
         "generate_checks": gen_checks,
