@@ -24,6 +24,7 @@ pub mod matmul;
 pub mod norm;
 pub mod nvrtc;
 pub mod ops;
+pub mod random;
 pub mod rope;
 pub mod sass;
 pub mod softmax;
@@ -151,8 +152,11 @@ pub const ELEMENTWISE: KernelSource = kernel_source!(
 /// Casts among f32, f16, bf16, f8e4m3 and f8e5m2, bit-exact with the CPU (see `cast/cast.cu`).
 pub const CAST: KernelSource = kernel_source!("cast", "cast/cast.cu", DEFAULT_ARCHS, TensorCoreClass::None);
 
+/// Counter-based normal random numbers for weights, f32/f16/bf16 (see `random/random.cu`).
+pub const RANDOM: KernelSource = kernel_source!("random", "random/random.cu", DEFAULT_ARCHS, TensorCoreClass::None);
+
 /// Every kernel source, in the order `check-kernels` reports them.
-pub const KERNELS: &[KernelSource] = &[VECTOR_ADD, NORM, SOFTMAX, ROPE, GATHER, TOPK, ELEMENTWISE, CAST];
+pub const KERNELS: &[KernelSource] = &[VECTOR_ADD, NORM, SOFTMAX, ROPE, GATHER, TOPK, ELEMENTWISE, CAST, RANDOM];
 
 /// The registered kernel called `name`.
 pub fn kernel(name: &str) -> Option<&'static KernelSource> {
