@@ -108,6 +108,16 @@ fn behemoth() -> HfTextConfig {
     }
 }
 
+/// The first four layers of Scout at full width, for GPU benchmarks: three chunked RoPE layers
+/// and one global NoPE layer (Scout's repeating unit), each with its 16 experts, plus the real
+/// embedding and lm_head. About 10.9B parameters (21.8 GB in bf16), so it fits one H100.
+fn scout_slice() -> HfTextConfig {
+    HfTextConfig {
+        num_hidden_layers: Some(4),
+        ..scout()
+    }
+}
+
 /// A tiny Scout-like model: every layer MoE, QK-norm, one NoPE layer, short chunks.
 fn tiny_scout() -> HfTextConfig {
     HfTextConfig {
@@ -168,6 +178,11 @@ pub const PRESETS: &[Preset] = &[
         config: behemoth,
     },
     Preset {
+        name: "llama4-scout-slice",
+        description: "Scout's first 4 layers at full width (3 chunked RoPE + 1 NoPE, 16 experts each) for GPU benches",
+        config: scout_slice,
+    },
+    Preset {
         name: "tiny-scout",
         description: "tiny Scout-like test model (4 layers, width 64, 4 experts)",
         config: tiny_scout,
@@ -223,6 +238,17 @@ mod tests {
         let (total, active) = billions("llama4-behemoth");
         assert!((270.0..300.0).contains(&active), "behemoth active {active}");
         assert!((1500.0..2000.0).contains(&total), "behemoth total {total}");
+    }
+
+    #[test]
+    fn the_scout_slice_is_scouts_repeating_unit_at_full_width() {
+        let slice = preset("llama4-scout-slice").unwrap().spec();
+        let scout = preset("llama4-scout-17b-16e").unwrap().spec();
+        assert_eq!(slice.layers[..], scout.layers[..4]);
+        assert_eq!(slice.hidden_size, scout.hidden_size);
+        assert_eq!(slice.vocab_size, scout.vocab_size);
+        let (total, _) = billions("llama4-scout-slice");
+        assert!((10.0..11.5).contains(&total), "slice total {total}");
     }
 
     #[test]

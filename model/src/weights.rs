@@ -172,7 +172,9 @@ impl WeightSource for CheckpointSource<'_> {
 
 /// Seeded random weights for presets: ones for norm weights, N(0, 1) for the embedding, and
 /// N(0, 1/fan_in) for every matrix so that activations keep unit scale through the layers and
-/// routing and logits are far from degenerate.
+/// routing and logits are far from degenerate. Values come from `l4_kernels::random` (one
+/// counter-based stream per tensor), made directly on the target device: the same model on the
+/// CPU and on a GPU, up to a few f32 ulps before rounding into the dtype.
 #[derive(Debug)]
 pub struct RandomSource {
     seed: u64,
@@ -203,9 +205,7 @@ impl WeightSource for RandomSource {
         let name_hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
         });
-        Tensor::randn(shape, DType::F32, self.seed ^ name_hash, Device::Cpu)?
-            .scale(std)?
-            .to_dtype(self.dtype)?
-            .to_device(self.device)
+        // Made where it will live: a CUDA device fills gigabytes of experts without the host.
+        l4_kernels::random::normal(shape, self.dtype, self.seed ^ name_hash, std, self.device)
     }
 }
