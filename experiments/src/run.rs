@@ -80,12 +80,13 @@ pub fn logits(options: &RunOptions, input: &Path, output: &Path, dump_hidden: bo
     };
     let mut cache = model.new_cache();
     let out = model.forward(&ids, &mut cache, capture)?;
-    let mut tensors: Vec<(String, Tensor)> = vec![("logits".into(), out.logits.to_dtype(DType::F32)?)];
+    let host_f32 = |t: &Tensor| t.to_device(Device::Cpu)?.to_dtype(DType::F32);
+    let mut tensors: Vec<(String, Tensor)> = vec![("logits".into(), host_f32(&out.logits)?)];
     for (i, h) in out.hidden_states.iter().enumerate() {
-        tensors.push((format!("hidden_states.{i}"), h.to_dtype(DType::F32)?));
+        tensors.push((format!("hidden_states.{i}"), host_f32(h)?));
     }
     for (layer, logits) in &out.router_logits {
-        tensors.push((format!("router_logits.{layer}"), logits.to_dtype(DType::F32)?));
+        tensors.push((format!("router_logits.{layer}"), host_f32(logits)?));
     }
     let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     save_safetensors(output, &refs, None)?;

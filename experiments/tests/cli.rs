@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use l4_core::checkpoint::{Checkpoint, save_safetensors};
-use l4_core::testing::{Tolerance, assert_close};
+use l4_core::testing::{Tolerance, assert_close, test_devices};
 use l4_core::{DType, Device, Tensor};
 use tempfile::TempDir;
 
@@ -219,11 +219,18 @@ fn assert_succeeded(argv: &[OsString], out: &Output) -> String {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-fn logits_writes_the_fixtures_logits() {
-    let s = Scratch::new();
-    let argv = s.logits_args();
-    assert_succeeded(&argv, &l4(&argv));
-    let written = Checkpoint::open(s.output()).unwrap();
+fn logits_writes_the_fixtures_logits_on_every_device() {
+    for device in test_devices() {
+        let s = Scratch::new();
+        let mut argv = s.logits_args();
+        set(&mut argv, "--device", device.to_string());
+        assert_succeeded(&argv, &l4(&argv));
+        check_fixture_logits(&s.output(), &device.to_string());
+    }
+}
+
+fn check_fixture_logits(path: &Path, device: &str) {
+    let written = Checkpoint::open(path).unwrap();
     let logits = written.load("logits", Device::Cpu).unwrap();
     assert_eq!(logits.shape(), &[2, 30, fixture_vocab()]);
     assert_eq!(logits.dtype(), DType::F32);
@@ -239,17 +246,24 @@ fn logits_writes_the_fixtures_logits() {
         &logits.to_f64_vec().unwrap(),
         &want.to_f64_vec().unwrap(),
         Tolerance::new(3.0 * hf_error, 0.0),
-        "l4 logits vs HF",
+        &format!("l4 logits --device {device} vs HF"),
     )
     .unwrap();
 }
 
 #[test]
-fn generate_writes_three_greedy_ids_per_sequence() {
-    let s = Scratch::new();
-    let argv = s.generate_args();
-    assert_succeeded(&argv, &l4(&argv));
-    let ids = Checkpoint::open(s.output())
+fn generate_writes_three_greedy_ids_per_sequence_on_every_device() {
+    for device in test_devices() {
+        let s = Scratch::new();
+        let mut argv = s.generate_args();
+        set(&mut argv, "--device", device.to_string());
+        assert_succeeded(&argv, &l4(&argv));
+        check_three_greedy_ids(&s.output());
+    }
+}
+
+fn check_three_greedy_ids(path: &Path) {
+    let ids = Checkpoint::open(path)
         .unwrap()
         .load("generated_ids", Device::Cpu)
         .unwrap();

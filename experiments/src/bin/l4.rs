@@ -22,8 +22,8 @@ struct ModelArgs {
     /// An HF checkpoint folder (config.json + *.safetensors) or a preset name.
     #[arg(long)]
     model: String,
-    /// Device: cpu, cuda, cuda:N, or auto (CUDA when usable). The model's ops run on the CPU
-    /// today; on CUDA they report which op is missing.
+    /// Device: cpu, cuda, cuda:N, or auto (CUDA when usable). On CUDA the weights, the KV
+    /// cache and every op stay on the device; kernels compile at first use (NVRTC 13).
     #[arg(long, default_value = "cpu")]
     device: Device,
     /// Compute dtype: f32 or bf16.
