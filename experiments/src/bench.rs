@@ -115,10 +115,10 @@ pub fn bench(options: &RunOptions, bench: &BenchOptions) -> Result<String> {
         let rate = bytes as f64 / step;
         let _ = writeln!(
             out,
-            "decode          {:8.3} ms/tok ({:.1} tok/s); weights + KV read per step {:.2} GB -> {:.0} GB/s",
+            "decode          {:8.3} ms/tok ({:.1} tok/s); weights + KV read per step {:.1} MB -> {:.1} GB/s",
             step * 1e3,
             1.0 / step,
-            bytes as f64 / 1e9,
+            bytes as f64 / 1e6,
             rate / 1e9
         );
         decode_line = Some((step, rate));

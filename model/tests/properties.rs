@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use l4_core::testing::{Tolerance, assert_close, gamma};
+use l4_core::testing::{Tolerance, assert_close, gamma, test_devices};
 use l4_core::{DType, Device, Result, Tensor};
 use l4_model::hf_config::HfArchitecture;
 use l4_model::kv_cache::LayerCache;
@@ -521,25 +521,27 @@ struct FixtureModel {
     two_evaluations: Tolerance,
 }
 
-fn fixture_model(name: &'static str) -> &'static FixtureModel {
-    static SCOUT: OnceLock<FixtureModel> = OnceLock::new();
-    static MAVERICK: OnceLock<FixtureModel> = OnceLock::new();
-    let cell = match name {
-        "tiny-scout" => &SCOUT,
-        "tiny-maverick" => &MAVERICK,
-        other => panic!("no cached fixture {other}"),
-    };
-    cell.get_or_init(|| {
-        let dir = fixture_dir(name);
-        let meta_path = dir.join("expected_meta.json");
-        let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
-        let hf_error = meta["hf_vs_f64_reference_maxabs"]["logits"]
-            .as_f64()
-            .unwrap_or_else(|| panic!("{}: no hf_vs_f64_reference_maxabs.logits", meta_path.display()));
-        FixtureModel {
-            model: loader::load(dir.to_str().unwrap(), DType::F32, Device::Cpu).unwrap(),
-            two_evaluations: Tolerance::new(2.0 * hf_error, 0.0).pairwise(),
+/// The fixture models of both shapes on every test device (the CPU; CUDA device 0 when usable).
+fn fixture_models() -> &'static [(&'static str, Device, FixtureModel)] {
+    static MODELS: OnceLock<Vec<(&'static str, Device, FixtureModel)>> = OnceLock::new();
+    MODELS.get_or_init(|| {
+        let mut models = Vec::new();
+        for name in TINY_PRESETS {
+            let dir = fixture_dir(name);
+            let meta_path = dir.join("expected_meta.json");
+            let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
+            let hf_error = meta["hf_vs_f64_reference_maxabs"]["logits"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{}: no hf_vs_f64_reference_maxabs.logits", meta_path.display()));
+            for device in test_devices() {
+                let model = FixtureModel {
+                    model: loader::load(dir.to_str().unwrap(), DType::F32, device).unwrap(),
+                    two_evaluations: Tolerance::new(2.0 * hf_error, 0.0).pairwise(),
+                };
+                models.push((name, device, model));
+            }
         }
+        models
     })
 }
 
@@ -563,7 +565,8 @@ proptest! {
     #![proptest_config(model_cases())]
 
     /// Prefill of `prompt[..s]` then the rest in pieces (often one token at a time) through the
-    /// KV cache gives the logits of one forward over the whole prompt. T up to 40 crosses the
+    /// KV cache gives the logits of one forward over the whole prompt, on every device (on CUDA
+    /// the cache stays on the device). T up to 40 crosses the
     /// chunk boundaries (chunk 8) at every offset and outgrows the prompts the fixtures were
     /// made with (30 and 36 tokens).
     ///
@@ -580,8 +583,7 @@ proptest! {
         let first = 1 + ((t - 1) as f64 * first_frac) as usize; // 1..=t
         let cuts = pieces(t, first, &rest);
         let ids = ids_tensor(ids, b, t);
-        for name in TINY_PRESETS {
-            let fixture = fixture_model(name);
+        for (name, device, fixture) in fixture_models() {
             let model = &fixture.model;
             prop_assert!(model.spec().vocab_size >= 256);
             let full = logits(model, &ids);
@@ -595,13 +597,13 @@ proptest! {
             }
             prop_assert_eq!(cache.position(), t);
             let refs: Vec<&Tensor> = steps.iter().collect();
-            let cached = Tensor::cat(&refs, 1).unwrap();
+            let cached = l4_kernels::ops::cat(&refs, 1).unwrap();
             prop_assert_eq!(cached.shape(), full.shape());
             check_close(
                 &f64s(&cached),
                 &f64s(&full),
                 fixture.two_evaluations,
-                &format!("{name} (fixture): pieces {cuts:?}"),
+                &format!("{name} (fixture, {device}): pieces {cuts:?}"),
             )?;
         }
     }
