@@ -24,6 +24,7 @@ pub mod matmul;
 pub mod norm;
 pub mod nvrtc;
 pub mod ops;
+pub mod quant;
 pub mod random;
 pub mod rope;
 pub mod sass;
@@ -155,8 +156,23 @@ pub const CAST: KernelSource = kernel_source!("cast", "cast/cast.cu", DEFAULT_AR
 /// Counter-based normal random numbers for weights, f32/f16/bf16 (see `random/random.cu`).
 pub const RANDOM: KernelSource = kernel_source!("random", "random/random.cu", DEFAULT_ARCHS, TensorCoreClass::None);
 
+/// FP8 e4m3 quantization with per-tensor, per-row, per-column or block scales, and
+/// dequantization (see `quant/quant.cu`).
+pub const QUANT: KernelSource = kernel_source!("quant", "quant/quant.cu", DEFAULT_ARCHS, TensorCoreClass::None);
+
 /// Every kernel source, in the order `check-kernels` reports them.
-pub const KERNELS: &[KernelSource] = &[VECTOR_ADD, NORM, SOFTMAX, ROPE, GATHER, TOPK, ELEMENTWISE, CAST, RANDOM];
+pub const KERNELS: &[KernelSource] = &[
+    VECTOR_ADD,
+    NORM,
+    SOFTMAX,
+    ROPE,
+    GATHER,
+    TOPK,
+    ELEMENTWISE,
+    CAST,
+    RANDOM,
+    QUANT,
+];
 
 /// The registered kernel called `name`.
 pub fn kernel(name: &str) -> Option<&'static KernelSource> {
