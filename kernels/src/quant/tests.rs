@@ -104,12 +104,13 @@ proptest! {
         let (gr, gc) = granularity.group(rows, cols);
         let [grows, gcols] = granularity.scales_shape(rows, cols);
         let scales = q.scales.to_f32_vec().unwrap();
-        for g in 0..grows * gcols {
+        prop_assert_eq!(scales.len(), grows * gcols);
+        for (g, &scale) in scales.iter().enumerate() {
             let members: Vec<usize> = (0..rows * cols)
                 .filter(|&i| (i / cols) / gr == g / gcols && (i % cols) / gc == g % gcols)
                 .collect();
             let amax = members.iter().map(|&i| values[i].abs()).fold(0.0f32, f32::max);
-            prop_assert_eq!(scales[g], amax.max(AMAX_FLOOR) / E4M3_MAX);
+            prop_assert_eq!(scale, amax.max(AMAX_FLOOR) / E4M3_MAX);
             if amax > 0.0 {
                 let top = members.iter().copied().find(|&i| values[i].abs() == amax).unwrap();
                 prop_assert_eq!(codes[top].abs(), E4M3_MAX, "group {}", g);
