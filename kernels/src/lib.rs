@@ -17,6 +17,7 @@ pub mod compile_check;
 mod disk_cache;
 pub mod elementwise;
 mod error;
+pub mod fp8_gemm;
 pub mod gather;
 pub mod launch;
 pub mod loader;
@@ -160,6 +161,11 @@ pub const RANDOM: KernelSource = kernel_source!("random", "random/random.cu", DE
 /// dequantization (see `quant/quant.cu`).
 pub const QUANT: KernelSource = kernel_source!("quant", "quant/quant.cu", DEFAULT_ARCHS, TensorCoreClass::None);
 
+/// The FP8 e4m3 GEMM: the warp-specialised TMA + wgmma Hopper kernel (row-wise and block
+/// scaling) and the small-M decode kernel (see `fp8_gemm/fp8_gemm.cu`).
+pub const FP8_GEMM: KernelSource =
+    kernel_source!("fp8_gemm", "fp8_gemm/fp8_gemm.cu", &["sm_90a"], TensorCoreClass::Qgmma);
+
 /// Every kernel source, in the order `check-kernels` reports them.
 pub const KERNELS: &[KernelSource] = &[
     VECTOR_ADD,
@@ -172,6 +178,7 @@ pub const KERNELS: &[KernelSource] = &[
     CAST,
     RANDOM,
     QUANT,
+    FP8_GEMM,
 ];
 
 /// The registered kernel called `name`.
