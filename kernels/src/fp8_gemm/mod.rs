@@ -15,9 +15,11 @@
 //! values, one rounding into the output), which is also the test oracle. The CUDA path
 //! ([`cuda`], `fp8_gemm.cu`) picks between a warp-specialised TMA + wgmma Hopper kernel and a
 //! memory-bound small-M kernel by a documented heuristic ([`cuda::plan`]); both accumulate in
-//! f32 with K-block promotion and are deterministic. Accuracy (docs/numerics.md, "FP8 GEMM"):
+//! f32 with K-block promotion and are deterministic. [`cublaslt`] runs the same row-wise problem
+//! through cuBLASLt, the vendor baseline of the benchmarks. Accuracy (docs/numerics.md, "FP8 GEMM"):
 //! within a relative Frobenius error of 2e-4 of the reference with f32 output.
 
+pub mod cublaslt;
 pub mod cuda;
 pub mod reference;
 #[cfg(test)]

@@ -264,3 +264,28 @@ fn compiles_for_sm90a_without_spills() {
         }
     }
 }
+
+#[test]
+fn the_cublaslt_baseline_computes_the_same_problem() {
+    let Some(device) = test_devices()
+        .into_iter()
+        .find(|d| d.is_cuda() && nvrtc_or_skip("the_cublaslt_baseline_computes_the_same_problem"))
+    else {
+        eprintln!("skipping the_cublaslt_baseline_computes_the_same_problem: no usable CUDA device");
+        return;
+    };
+    let seed = fresh_seed();
+    let mut rng = Rng(seed);
+    for (m, n, k, out) in [(16, 256, 512, DType::BF16), (256, 512, 1024, DType::F32)] {
+        let a = quantized(m, k, Granularity::PerRow, &mut rng, device);
+        let b = quantized(n, k, Granularity::PerRow, &mut rng, device);
+        let want =
+            reference::fp8_gemm(&to_cpu(&a), &to_cpu(&b), Fp8Scaling::RowWise, out, Epilogue::default()).unwrap();
+        let got = super::cublaslt::cublaslt_fp8_gemm(&a, &b, out).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let error = relative_frobenius(&got, &want);
+        assert!(
+            error <= bound(out),
+            "seed {seed}: cuBLASLt [{m}, {n}, {k}] -> {out}: {error:.3e}"
+        );
+    }
+}
