@@ -24,6 +24,11 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     binary(BinaryOp::Add, a, b)
 }
 
+/// `a − b` with broadcasting.
+pub fn sub(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(BinaryOp::Sub, a, b)
+}
+
 /// `a · b` with broadcasting.
 pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     binary(BinaryOp::Mul, a, b)
@@ -32,6 +37,11 @@ pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// `x · σ(x)`.
 pub fn silu(x: &Tensor) -> Result<Tensor> {
     unary(UnaryOp::Silu, x)
+}
+
+/// Exact (erf) GELU, `0.5·x·(1 + erf(x/√2))`.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    unary(UnaryOp::Gelu, x)
 }
 
 /// `x · factor`, the factor rounded to f32 first.
@@ -43,6 +53,14 @@ pub fn scale(x: &Tensor, factor: f64) -> Result<Tensor> {
 pub fn rms_norm(x: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<Tensor> {
     let weight = weight.map(contiguous).transpose()?;
     crate::norm::rms_norm(&contiguous(x)?, weight.as_ref(), eps)
+}
+
+/// Layer norm over the last dimension (biased two-pass variance), with an optional weight and
+/// bias `[d]`.
+pub fn layer_norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    let weight = weight.map(contiguous).transpose()?;
+    let bias = bias.map(contiguous).transpose()?;
+    crate::norm::layer_norm(&contiguous(x)?, weight.as_ref(), bias.as_ref(), eps)
 }
 
 /// Softmax over the last dimension.

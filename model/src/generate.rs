@@ -27,6 +27,19 @@ pub fn greedy(
     model: &Llama4,
     prompt: &Tensor,
     options: &GreedyOptions,
+    on_token: impl FnMut(&[i64]),
+) -> Result<Tensor> {
+    greedy_with_images(model, prompt, None, options, on_token)
+}
+
+/// [`greedy`] over a prompt with images: `pixel_values [n, c, px, px]` go through the vision
+/// tower once, at prefill, and their features replace the prompt's image-token embeddings
+/// ([`Llama4::embed_with_images`]); decoding steps see only the cache.
+pub fn greedy_with_images(
+    model: &Llama4,
+    prompt: &Tensor,
+    pixel_values: Option<&Tensor>,
+    options: &GreedyOptions,
     mut on_token: impl FnMut(&[i64]),
 ) -> Result<Tensor> {
     let [b, t] = prompt.shape()[..] else {
@@ -43,8 +56,14 @@ pub fn greedy(
     let mut generated: Vec<Vec<i64>> = vec![Vec::new(); b];
     let mut finished = vec![false; b];
     let mut input = prompt.clone();
-    for _ in 0..options.max_new_tokens {
-        let logits = model.forward(&input, &mut cache, Capture::default())?.logits; // [b, t, v]
+    for step in 0..options.max_new_tokens {
+        let embeddings = match step {
+            0 => model.embed_with_images(&input, pixel_values)?,
+            _ => model.embed(&input)?,
+        };
+        let logits = model
+            .forward_embeddings(&embeddings, &mut cache, Capture::default())?
+            .logits; // [b, t, v]
         let steps = logits.shape()[1];
         // Only the last position's row leaves the device.
         let last = l4_kernels::ops::contiguous(&logits.narrow(1, steps - 1, 1)?.squeeze(1)?)?

@@ -3,11 +3,14 @@
 //! This file and `weights.rs` are the only places that know HF names. Both config styles are
 //! accepted: transformers 4 (`rope_theta` + `rope_scaling`, as in the published checkpoints) and
 //! transformers 5 (`rope_parameters`, expanded `layer_types` / `no_rope_layers`). A
-//! `Llama4ForConditionalGeneration` file is read through its `text_config`. Unknown keys are
-//! ignored, as HF itself ignores legacy keys such as `for_llm_compressor`.
+//! `Llama4ForConditionalGeneration` file is read through its `text_config`, and its vision tower
+//! through [`HfMultimodalConfig`] (`vision_config` and the image token ids). The image processor's
+//! `preprocessor_config.json` is [`HfPreprocessorConfig`]. Unknown keys are ignored, as HF itself
+//! ignores legacy keys such as `for_llm_compressor`.
 
 use std::path::Path;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use l4_core::{Error, Result};
@@ -187,8 +190,12 @@ impl HfConfig {
                 format!("model_type {model_type:?} is not a Llama 4 model"),
             ));
         }
-        let text: HfTextConfig = serde_json::from_value(text_value.clone())
-            .map_err(|e| Error::file(path, format!("config.json: {}", describe_serde_error(&e, &text_value))))?;
+        let text: HfTextConfig = serde_json::from_value(text_value.clone()).map_err(|e| {
+            Error::file(
+                path,
+                format!("config.json: {}", describe_serde_error::<HfTextConfig>(&e, &text_value)),
+            )
+        })?;
         Ok(HfConfig { text, architecture })
     }
 
@@ -199,13 +206,173 @@ impl HfConfig {
     }
 }
 
-fn describe_serde_error(e: &serde_json::Error, value: &serde_json::Value) -> String {
+/// An image side in pixels: HF accepts one number (square) or `[height, width]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum HfImageSize {
+    /// A square side.
+    Square(usize),
+    /// `[height, width]`.
+    HeightWidth(Vec<usize>),
+}
+
+/// `Llama4VisionConfig` (the `vision_config` object), every field named as in HF. `None` means
+/// "HF's class default", applied in [`crate::vision::VisionSpec::from_hf`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HfVisionConfig {
+    /// Encoder width.
+    pub hidden_size: Option<usize>,
+    /// Activation of the encoder MLP and the adapter; HF hard-codes exact GELU.
+    pub hidden_act: Option<String>,
+    /// Encoder layers.
+    pub num_hidden_layers: Option<usize>,
+    /// Encoder attention heads.
+    pub num_attention_heads: Option<usize>,
+    /// Image channels.
+    pub num_channels: Option<usize>,
+    /// Encoder MLP width, also the adapter's input width.
+    pub intermediate_size: Option<usize>,
+    /// Width of the adapter output and the projector input.
+    pub vision_output_dim: Option<usize>,
+    /// Tile side in pixels.
+    pub image_size: Option<HfImageSize>,
+    /// Patch side in pixels.
+    pub patch_size: Option<HfImageSize>,
+    /// LayerNorm epsilon as written; HF's vision LayerNorms ignore it and use 1e-5.
+    pub norm_eps: Option<f64>,
+    /// Pixel-shuffle ratio (0.5: each 2x2 block of patches becomes one token).
+    pub pixel_shuffle_ratio: Option<f64>,
+    /// Adapter fc1 output width.
+    pub projector_input_dim: Option<usize>,
+    /// Adapter fc2 width.
+    pub projector_output_dim: Option<usize>,
+    /// Whether the projector has a bias (never in Llama 4; rejected).
+    pub multi_modal_projector_bias: Option<bool>,
+    /// transformers 4: the 2-D RoPE base.
+    pub rope_theta: Option<f64>,
+    /// transformers 5: the 2-D RoPE base, in `rope_parameters.rope_theta`.
+    pub rope_parameters: Option<HfRopeParameters>,
+}
+
+/// The multimodal part of a `Llama4ForConditionalGeneration` config.json: `vision_config` and
+/// the top-level image token ids.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HfMultimodalConfig {
+    /// The vision tower.
+    pub vision_config: HfVisionConfig,
+    /// The id whose embeddings image features replace: `<|patch|>` (200092), not `<|image|>`.
+    #[serde(alias = "image_token_id")]
+    pub image_token_index: Option<i64>,
+    /// `<|image_start|>`.
+    #[serde(alias = "boi_token_id")]
+    pub boi_token_index: Option<i64>,
+    /// `<|image_end|>`.
+    #[serde(alias = "eoi_token_id")]
+    pub eoi_token_index: Option<i64>,
+}
+
+impl HfMultimodalConfig {
+    /// The vision part of the config.json text `json`, or `None` when it has no `vision_config`
+    /// (a text-only checkpoint). `path` is only used in error messages.
+    pub fn parse(json: &str, path: &Path) -> Result<Option<HfMultimodalConfig>> {
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| Error::file(path, format!("config.json is not valid JSON: {e}")))?;
+        let Some(vision) = value.get("vision_config").filter(|v| !v.is_null()) else {
+            return Ok(None);
+        };
+        let vision_config: HfVisionConfig = serde_json::from_value(vision.clone()).map_err(|e| {
+            Error::file(
+                path,
+                format!(
+                    "config.json: vision_config: {}",
+                    describe_serde_error::<HfVisionConfig>(&e, vision)
+                ),
+            )
+        })?;
+        let mut top = value.clone();
+        if let Some(object) = top.as_object_mut() {
+            object.retain(|k, _| k.ends_with("_token_index") || k.ends_with("_token_id"));
+            object.insert("vision_config".into(), serde_json::json!({}));
+        }
+        let mut config: HfMultimodalConfig = serde_json::from_value(top.clone()).map_err(|e| {
+            Error::file(
+                path,
+                format!("config.json: {}", describe_serde_error::<HfMultimodalConfig>(&e, &top)),
+            )
+        })?;
+        config.vision_config = vision_config;
+        Ok(Some(config))
+    }
+
+    /// Reads and parses `path` (a config.json).
+    pub fn read(path: &Path) -> Result<Option<HfMultimodalConfig>> {
+        let json = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+        HfMultimodalConfig::parse(&json, path)
+    }
+}
+
+/// `size` of the image processor: a tile of `height` × `width` pixels.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HfProcessorSize {
+    /// Tile height.
+    pub height: Option<usize>,
+    /// Tile width.
+    pub width: Option<usize>,
+}
+
+/// `Llama4ImageProcessor`'s `preprocessor_config.json`, every field named as in HF. `None`
+/// means "HF's class default", applied in [`crate::vision::preprocess::PreprocessConfig`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HfPreprocessorConfig {
+    /// The tile size.
+    pub size: Option<HfProcessorSize>,
+    /// Most tiles per image (the global tile not counted).
+    pub max_patches: Option<usize>,
+    /// Upscale to the largest canvas instead of the smallest that fits.
+    pub resize_to_max_canvas: Option<bool>,
+    /// PIL resampling filter code; 2 is bilinear, the only one supported.
+    pub resample: Option<i64>,
+    /// Whether images are resized (Llama 4 requires it).
+    pub do_resize: Option<bool>,
+    /// Whether pixel values are multiplied by `rescale_factor`.
+    pub do_rescale: Option<bool>,
+    /// Whether `(x − mean) / std` is applied.
+    pub do_normalize: Option<bool>,
+    /// Whether images are converted to RGB first.
+    pub do_convert_rgb: Option<bool>,
+    /// The rescale factor (1/255).
+    pub rescale_factor: Option<f64>,
+    /// Per-channel means.
+    pub image_mean: Option<Vec<f64>>,
+    /// Per-channel standard deviations.
+    pub image_std: Option<Vec<f64>>,
+}
+
+impl HfPreprocessorConfig {
+    /// Reads and parses `path` (a preprocessor_config.json).
+    pub fn read(path: &Path) -> Result<HfPreprocessorConfig> {
+        let json = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+        let value: serde_json::Value = serde_json::from_str(&json)
+            .map_err(|e| Error::file(path, format!("preprocessor_config.json is not valid JSON: {e}")))?;
+        serde_json::from_value(value.clone()).map_err(|e| {
+            Error::file(
+                path,
+                format!(
+                    "preprocessor_config.json: {}",
+                    describe_serde_error::<HfPreprocessorConfig>(&e, &value)
+                ),
+            )
+        })
+    }
+}
+
+fn describe_serde_error<T: DeserializeOwned>(e: &serde_json::Error, value: &serde_json::Value) -> String {
     // serde's messages say what is wrong ("invalid type: string \"x\", expected usize") but not
-    // which field: find it by deserializing each field alone (every field is optional).
+    // which field: find it by deserializing each field alone (every field of `T` is optional).
     let field = value.as_object().and_then(|object| {
         object.iter().find_map(|(key, v)| {
             let alone = serde_json::Value::Object([(key.clone(), v.clone())].into_iter().collect());
-            serde_json::from_value::<HfTextConfig>(alone).is_err().then_some(key)
+            serde_json::from_value::<T>(alone).is_err().then_some(key)
         })
     });
     match field {
@@ -260,5 +427,32 @@ mod tests {
         let err = parse(r#"{"model_type": "llama"}"#).unwrap_err().to_string();
         assert!(err.contains("not a Llama 4"), "{err}");
         assert!(parse("[1]").is_err());
+    }
+
+    #[test]
+    fn reads_the_vision_config_and_image_token_ids() {
+        let path = Path::new("config.json");
+        let json = r#"{"model_type": "llama4", "image_token_index": 9, "text_config": {},
+            "vision_config": {"hidden_size": 32, "image_size": 28, "patch_size": [7, 7],
+                              "rope_parameters": {"rope_theta": 100.0}}}"#;
+        let cfg = HfMultimodalConfig::parse(json, path).unwrap().unwrap();
+        assert_eq!(cfg.image_token_index, Some(9));
+        assert_eq!(cfg.vision_config.hidden_size, Some(32));
+        assert_eq!(cfg.vision_config.image_size, Some(HfImageSize::Square(28)));
+        assert_eq!(cfg.vision_config.patch_size, Some(HfImageSize::HeightWidth(vec![7, 7])));
+        assert_eq!(cfg.vision_config.rope_parameters.unwrap().rope_theta, Some(100.0));
+        assert!(
+            HfMultimodalConfig::parse(r#"{"hidden_size": 64}"#, path)
+                .unwrap()
+                .is_none()
+        );
+        let err = HfMultimodalConfig::parse(r#"{"vision_config": {"patch_size": "big"}}"#, path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("vision_config") && err.contains("`patch_size`"), "{err}");
+        let err = HfMultimodalConfig::parse(r#"{"vision_config": {}, "image_token_index": "x"}"#, path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`image_token_index`"), "{err}");
     }
 }

@@ -8,7 +8,9 @@
 //! * [`weights`]: the weight-name table and the sources that fill it (checkpoints, seeded random);
 //! * [`parts`]: attention, RoPE, SwiGLU, MoE and the routing strategies;
 //! * [`llama4`]: the decoder that assembles the parts; [`kv_cache`], [`generate`]: decoding;
-//! * [`loader`]: a model from a checkpoint folder or a preset name.
+//! * [`loader`]: a model from a checkpoint folder or a preset name;
+//! * [`vision`]: the early-fusion vision path (encoder, adapter, projector, image preprocessing
+//!   and the image's token layout).
 
 pub mod generate;
 pub mod hf_config;
@@ -18,6 +20,7 @@ pub mod loader;
 pub mod parts;
 pub mod presets;
 pub mod spec;
+pub mod vision;
 pub mod weights;
 
 pub use hf_config::HfConfig;

@@ -11,6 +11,7 @@ use crate::parts::moe::Moe;
 use crate::parts::rope::RotaryTable;
 use crate::parts::router::router_by_name;
 use crate::spec::{Ffn, LayerSpec, ModelSpec};
+use crate::vision::{VisionModel, fusion};
 use crate::weights::{WeightNames, WeightSource};
 
 /// A layer's feed-forward block.
@@ -61,6 +62,8 @@ pub struct Llama4 {
     final_norm: Tensor, // [d]
     lm_head: Linear,    // [v, d] in HF layout
     rope: RotaryTable,
+    /// The vision tower of a multimodal checkpoint, whose features replace image tokens.
+    vision: Option<Box<VisionModel>>,
 }
 
 fn linear(source: &mut dyn WeightSource, name: String, shape: Vec<usize>) -> Result<Linear> {
@@ -145,7 +148,19 @@ impl Llama4 {
             final_norm,
             lm_head,
             rope,
+            vision: None,
         })
+    }
+
+    /// This model with `vision` as its vision tower (built on the same device and dtype).
+    pub fn with_vision(mut self, vision: VisionModel) -> Self {
+        self.vision = Some(Box::new(vision));
+        self
+    }
+
+    /// The vision tower, if the checkpoint has one.
+    pub fn vision(&self) -> Option<&VisionModel> {
+        self.vision.as_deref()
     }
 
     /// The resolved plan.
@@ -168,17 +183,76 @@ impl Llama4 {
         KvCache::new(self.spec.layers.iter().map(|l| l.span))
     }
 
-    /// One step: `ids [b, t]` (I64 or I32) at positions `cache.position()..+t` → logits
-    /// `[b, t, v]`, extending `cache`.
-    pub fn forward(&self, ids: &Tensor, cache: &mut KvCache, capture: Capture) -> Result<ForwardOutput> {
-        let [b, t] = ids.shape()[..] else {
+    /// Token embeddings of `ids [b, t]` (I64 or I32): `[b, t, d]` on the model's device.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        if ids.rank() != 2 {
             return Err(Error::BadShape {
                 op: "llama4 forward",
                 shape: ids.shape().to_vec(),
                 msg: "input_ids must be [batch, tokens]".into(),
             });
+        }
+        ops::embedding(&self.embed, &ids.to_device(self.device)?)
+    }
+
+    /// Embeddings of `ids [b, t]` with image features fused in: with `pixel_values [n, c, px,
+    /// px]`, the vision tower's features (`tv` per tile, tiles in order) replace the embeddings
+    /// of the image tokens, which must number exactly `n·tv`. Without, the token embeddings.
+    pub fn embed_with_images(&self, ids: &Tensor, pixel_values: Option<&Tensor>) -> Result<Tensor> {
+        let embeddings = self.embed(ids)?;
+        let Some(pixel_values) = pixel_values else {
+            return Ok(embeddings);
         };
+        let vision = self.vision().ok_or_else(|| {
+            Error::invalid(
+                "llama4 forward",
+                "pixel_values given, but this model has no vision encoder (its config.json has no vision_config)",
+            )
+        })?;
+        let spec = vision.spec();
+        let tiles = pixel_values.shape().first().copied().unwrap_or(0);
+        let tokens = fusion::count_image_tokens(ids, spec.image_token_id)?;
+        if tokens != tiles * spec.tokens_per_tile() {
+            return Err(Error::invalid(
+                "llama4 forward",
+                format!(
+                    "pixel_values holds {tiles} tiles of {} features each ({} in all), but input_ids hold {tokens} image \
+                     tokens (id {})",
+                    spec.tokens_per_tile(),
+                    tiles * spec.tokens_per_tile(),
+                    spec.image_token_id
+                ),
+            ));
+        }
+        let features = vision.forward(pixel_values, self.dtype, self.device)?.features;
+        fusion::scatter_image_features(&embeddings, ids, spec.image_token_id, &features)
+    }
+
+    /// One step: `ids [b, t]` (I64 or I32) at positions `cache.position()..+t` → logits
+    /// `[b, t, v]`, extending `cache`.
+    pub fn forward(&self, ids: &Tensor, cache: &mut KvCache, capture: Capture) -> Result<ForwardOutput> {
+        self.forward_embeddings(&self.embed(ids)?, cache, capture)
+    }
+
+    /// One step from input embeddings `h [b, t, d]` (from [`Self::embed`] or
+    /// [`Self::embed_with_images`]) at positions `cache.position()..+t` → logits `[b, t, v]`,
+    /// extending `cache`.
+    pub fn forward_embeddings(&self, h: &Tensor, cache: &mut KvCache, capture: Capture) -> Result<ForwardOutput> {
         let d = self.spec.hidden_size;
+        let [b, t, width] = h.shape()[..] else {
+            return Err(Error::BadShape {
+                op: "llama4 forward",
+                shape: h.shape().to_vec(),
+                msg: "input embeddings must be [batch, tokens, hidden]".into(),
+            });
+        };
+        if width != d {
+            return Err(Error::BadShape {
+                op: "llama4 forward",
+                shape: h.shape().to_vec(),
+                msg: format!("input embeddings must be {d} wide"),
+            });
+        }
         let start = cache.position();
         let eps = self.spec.rms_norm_eps;
         let context = AttentionContext {
@@ -191,7 +265,7 @@ impl Llama4 {
             rms_norm_eps: eps,
         };
 
-        let mut h = ops::embedding(&self.embed, &ids.to_device(self.device)?)?; // [b, t, d]
+        let mut h = h.to_device(self.device)?; // [b, t, d]
         let mut output = ForwardOutput {
             logits: h.clone(),
             hidden_states: Vec::new(),

@@ -6,10 +6,11 @@ use std::path::Path;
 use l4_core::checkpoint::Checkpoint;
 use l4_core::{DType, Device, Error, Result};
 
-use crate::hf_config::{HfArchitecture, HfConfig};
+use crate::hf_config::{HfArchitecture, HfConfig, HfMultimodalConfig};
 use crate::llama4::Llama4;
 use crate::presets::{PRESETS, preset};
 use crate::spec::ModelSpec;
+use crate::vision::{VisionModel, VisionSpec};
 use crate::weights::{CheckpointSource, RandomSource, WeightNames};
 
 /// The seed of every preset's random weights.
@@ -34,9 +35,21 @@ pub fn resolve(model: &str) -> Result<(ModelSpec, HfArchitecture)> {
     ))
 }
 
-/// Loads `model` (a checkpoint folder or a preset name) in `dtype` on `device`. A checkpoint
-/// must provide exactly the tensors its config implies: a missing, misshapen or unexpected
-/// tensor is an error naming it.
+/// The vision plan of `model` when it is a checkpoint folder whose config.json has a
+/// `vision_config`; `None` for text-only checkpoints and presets. Reads no weights.
+pub fn resolve_vision(model: &str, text: &ModelSpec) -> Result<Option<VisionSpec>> {
+    let config_path = Path::new(model).join("config.json");
+    if !config_path.is_file() {
+        return Ok(None);
+    }
+    HfMultimodalConfig::read(&config_path)?
+        .map(|cfg| VisionSpec::from_hf(&cfg, text.hidden_size, &config_path))
+        .transpose()
+}
+
+/// Loads `model` (a checkpoint folder or a preset name) in `dtype` on `device`, with its vision
+/// tower when the config has one. A checkpoint must provide exactly the tensors its config
+/// implies: a missing, misshapen or unexpected tensor is an error naming it.
 pub fn load(model: &str, dtype: DType, device: Device) -> Result<Llama4> {
     if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
         return Err(Error::invalid(
@@ -53,7 +66,12 @@ pub fn load(model: &str, dtype: DType, device: Device) -> Result<Llama4> {
     }
     let checkpoint = Checkpoint::open(path)?;
     let mut source = CheckpointSource::new(&checkpoint, dtype, device);
-    let model = Llama4::build(spec, &names, &mut source, dtype, device)?;
+    let vision = resolve_vision(model, &spec)?;
+    let mut model = Llama4::build(spec, &names, &mut source, dtype, device)?;
+    if let Some(vision) = vision {
+        model = model.with_vision(VisionModel::build(vision, &mut source, dtype, device)?);
+        source.mark_vision_loaded();
+    }
     source.check_all_consumed(&BTreeSet::new())?;
     Ok(model)
 }

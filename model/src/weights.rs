@@ -11,6 +11,7 @@ use l4_core::{DType, Device, Error, Result, Tensor};
 
 use crate::hf_config::HfArchitecture;
 use crate::spec::{Ffn, ModelSpec};
+use crate::vision::VisionSpec;
 
 /// Where the text decoder's tensors live in a checkpoint of each HF class.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,6 +104,188 @@ impl WeightNames {
     }
 }
 
+/// A tensor of one vision encoder layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VisionLayerTensor {
+    /// `[dv, dv]` query projection and its `[dv]` bias.
+    QWeight,
+    /// `[dv]`.
+    QBias,
+    /// `[dv, dv]` key projection.
+    KWeight,
+    /// `[dv]`.
+    KBias,
+    /// `[dv, dv]` value projection.
+    VWeight,
+    /// `[dv]`.
+    VBias,
+    /// `[dv, dv]` output projection.
+    OWeight,
+    /// `[dv]`.
+    OBias,
+    /// `[fv, dv]` MLP up projection.
+    Fc1Weight,
+    /// `[fv]`.
+    Fc1Bias,
+    /// `[dv, fv]` MLP down projection.
+    Fc2Weight,
+    /// `[dv]`.
+    Fc2Bias,
+    /// `[dv]` LayerNorm before attention.
+    InputNormWeight,
+    /// `[dv]`.
+    InputNormBias,
+    /// `[dv]` LayerNorm before the MLP.
+    PostAttentionNormWeight,
+    /// `[dv]`.
+    PostAttentionNormBias,
+}
+
+impl VisionLayerTensor {
+    /// Every tensor of a layer, in load order.
+    pub const ALL: [VisionLayerTensor; 16] = [
+        VisionLayerTensor::InputNormWeight,
+        VisionLayerTensor::InputNormBias,
+        VisionLayerTensor::QWeight,
+        VisionLayerTensor::QBias,
+        VisionLayerTensor::KWeight,
+        VisionLayerTensor::KBias,
+        VisionLayerTensor::VWeight,
+        VisionLayerTensor::VBias,
+        VisionLayerTensor::OWeight,
+        VisionLayerTensor::OBias,
+        VisionLayerTensor::PostAttentionNormWeight,
+        VisionLayerTensor::PostAttentionNormBias,
+        VisionLayerTensor::Fc1Weight,
+        VisionLayerTensor::Fc1Bias,
+        VisionLayerTensor::Fc2Weight,
+        VisionLayerTensor::Fc2Bias,
+    ];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            VisionLayerTensor::QWeight => "self_attn.q_proj.weight",
+            VisionLayerTensor::QBias => "self_attn.q_proj.bias",
+            VisionLayerTensor::KWeight => "self_attn.k_proj.weight",
+            VisionLayerTensor::KBias => "self_attn.k_proj.bias",
+            VisionLayerTensor::VWeight => "self_attn.v_proj.weight",
+            VisionLayerTensor::VBias => "self_attn.v_proj.bias",
+            VisionLayerTensor::OWeight => "self_attn.o_proj.weight",
+            VisionLayerTensor::OBias => "self_attn.o_proj.bias",
+            VisionLayerTensor::Fc1Weight => "mlp.fc1.weight",
+            VisionLayerTensor::Fc1Bias => "mlp.fc1.bias",
+            VisionLayerTensor::Fc2Weight => "mlp.fc2.weight",
+            VisionLayerTensor::Fc2Bias => "mlp.fc2.bias",
+            VisionLayerTensor::InputNormWeight => "input_layernorm.weight",
+            VisionLayerTensor::InputNormBias => "input_layernorm.bias",
+            VisionLayerTensor::PostAttentionNormWeight => "post_attention_layernorm.weight",
+            VisionLayerTensor::PostAttentionNormBias => "post_attention_layernorm.bias",
+        }
+    }
+
+    fn shape(self, spec: &VisionSpec) -> Vec<usize> {
+        let (dv, fv) = (spec.hidden_size, spec.intermediate_size);
+        match self {
+            VisionLayerTensor::QWeight
+            | VisionLayerTensor::KWeight
+            | VisionLayerTensor::VWeight
+            | VisionLayerTensor::OWeight => vec![dv, dv],
+            VisionLayerTensor::Fc1Weight => vec![fv, dv],
+            VisionLayerTensor::Fc1Bias => vec![fv],
+            VisionLayerTensor::Fc2Weight => vec![dv, fv],
+            _ => vec![dv],
+        }
+    }
+}
+
+/// A tensor of the vision tower, its adapter or the projector of a
+/// `Llama4ForConditionalGeneration` checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VisionTensor {
+    /// `[dv, c·p²]` bias-free patch embedding (a stride-p convolution, unfolded).
+    PatchEmbedding,
+    /// `[dv]` class token, appended after the patches.
+    ClassEmbedding,
+    /// `[np + 1, dv]` learned positions (the last row is the class token's).
+    PositionEmbedding,
+    /// `[dv]` LayerNorm before the layers.
+    PreNormWeight,
+    /// `[dv]`.
+    PreNormBias,
+    /// `[dv]` LayerNorm after the layers.
+    PostNormWeight,
+    /// `[dv]`.
+    PostNormBias,
+    /// A tensor of encoder layer `i`.
+    Layer(usize, VisionLayerTensor),
+    /// `[do, fv]` adapter fc1 (no bias).
+    AdapterFc1,
+    /// `[do, do]` adapter fc2 (no bias).
+    AdapterFc2,
+    /// `[d, do]` projector into the text width (no bias).
+    Projector,
+}
+
+impl VisionTensor {
+    /// The checkpoint name.
+    pub fn name(self) -> String {
+        match self {
+            VisionTensor::PatchEmbedding => "vision_model.patch_embedding.linear.weight".into(),
+            VisionTensor::ClassEmbedding => "vision_model.class_embedding".into(),
+            VisionTensor::PositionEmbedding => "vision_model.positional_embedding_vlm".into(),
+            VisionTensor::PreNormWeight => "vision_model.layernorm_pre.weight".into(),
+            VisionTensor::PreNormBias => "vision_model.layernorm_pre.bias".into(),
+            VisionTensor::PostNormWeight => "vision_model.layernorm_post.weight".into(),
+            VisionTensor::PostNormBias => "vision_model.layernorm_post.bias".into(),
+            VisionTensor::Layer(i, t) => format!("vision_model.model.layers.{i}.{}", t.suffix()),
+            VisionTensor::AdapterFc1 => "vision_model.vision_adapter.mlp.fc1.weight".into(),
+            VisionTensor::AdapterFc2 => "vision_model.vision_adapter.mlp.fc2.weight".into(),
+            VisionTensor::Projector => "multi_modal_projector.linear_1.weight".into(),
+        }
+    }
+
+    /// The shape `spec` implies.
+    pub fn shape(self, spec: &VisionSpec) -> Vec<usize> {
+        let dv = spec.hidden_size;
+        match self {
+            VisionTensor::PatchEmbedding => vec![dv, spec.patch_dim()],
+            VisionTensor::PositionEmbedding => vec![spec.num_patches() + 1, dv],
+            VisionTensor::Layer(_, t) => t.shape(spec),
+            VisionTensor::AdapterFc1 => vec![spec.output_dim, spec.intermediate_size],
+            VisionTensor::AdapterFc2 => vec![spec.output_dim, spec.output_dim],
+            VisionTensor::Projector => vec![spec.text_hidden_size, spec.output_dim],
+            _ => vec![dv],
+        }
+    }
+
+    /// Every vision tensor of `spec`, in load order.
+    pub fn all(spec: &VisionSpec) -> Vec<VisionTensor> {
+        let mut tensors = vec![
+            VisionTensor::PatchEmbedding,
+            VisionTensor::ClassEmbedding,
+            VisionTensor::PositionEmbedding,
+            VisionTensor::PreNormWeight,
+            VisionTensor::PreNormBias,
+        ];
+        for i in 0..spec.num_layers {
+            tensors.extend(VisionLayerTensor::ALL.iter().map(|&t| VisionTensor::Layer(i, t)));
+        }
+        tensors.extend([
+            VisionTensor::PostNormWeight,
+            VisionTensor::PostNormBias,
+            VisionTensor::AdapterFc1,
+            VisionTensor::AdapterFc2,
+            VisionTensor::Projector,
+        ]);
+        tensors
+    }
+
+    /// The tensor from `source`, checked against the shape `spec` implies.
+    pub fn take(self, source: &mut dyn WeightSource, spec: &VisionSpec) -> Result<Tensor> {
+        source.take(&self.name(), &self.shape(spec))
+    }
+}
+
 /// Supplies parameter tensors by name and shape.
 pub trait WeightSource {
     /// The tensor `name` of `shape`, in `dtype` on `device`.
@@ -116,6 +299,7 @@ pub struct CheckpointSource<'a> {
     dtype: DType,
     device: Device,
     consumed: BTreeSet<String>,
+    vision_loaded: bool,
 }
 
 impl<'a> CheckpointSource<'a> {
@@ -126,18 +310,25 @@ impl<'a> CheckpointSource<'a> {
             dtype,
             device,
             consumed: BTreeSet::new(),
+            vision_loaded: false,
         }
     }
 
-    /// Fails naming the first tensor of the checkpoint that no parameter consumed (tensors of
-    /// the vision encoder and projector, and `ignored` names, excepted).
+    /// Records that the vision tower was read from this source too, so that
+    /// [`check_all_consumed`](Self::check_all_consumed) also holds its tensors to account.
+    pub fn mark_vision_loaded(&mut self) {
+        self.vision_loaded = true;
+    }
+
+    /// Fails naming the first tensor of the checkpoint that no parameter consumed (`ignored`
+    /// names excepted, and the vision encoder's and projector's unless they were loaded).
     pub fn check_all_consumed(&self, ignored: &BTreeSet<String>) -> Result<()> {
         let unused: Vec<&str> = self
             .checkpoint
             .names()
             .into_iter()
             .filter(|n| !self.consumed.contains(*n) && !ignored.contains(*n))
-            .filter(|n| !OTHER_PARTS.iter().any(|p| n.starts_with(p)))
+            .filter(|n| self.vision_loaded || !OTHER_PARTS.iter().any(|p| n.starts_with(p)))
             .collect();
         match unused.first() {
             None => Ok(()),
