@@ -1,24 +1,60 @@
-//! Kernel benchmarks on every device found:
-//! * `vector_add` (the pipeline's smoke kernel), a pure bandwidth test whose bytes/s compares
-//!   directly with the device's peak (H100 SXM: 3.35 TB/s HBM3 on the datasheet);
-//! * cuBLASLt bf16 matmul at Scout's projection shapes (CUDA only), the vendor baseline later
-//!   kernels are measured against (H100 SXM dense bf16 peak: 989 TFLOP/s on the datasheet);
-//! * RMSNorm over Scout-width rows.
+//! Benchmarks of l4's own CUDA kernels (and their CPU references), on every device found.
 //!
-//! Benchmark ids start with the device (`cpu/...`, `cuda:0/...`), so `cargo bench -- cuda`
-//! runs only the GPU ones.
+//! * `vector_add` (the pipeline's smoke kernel), a pure bandwidth test;
+//! * the memory-bound ops of a Llama 4 layer at Scout's shapes (`shapes::ModelDims`, derived
+//!   from the preset): RMSNorm over width-`d` rows, softmax over attention-score rows, RoPE on
+//!   q and k, the embedding gather, the bf16 → FP8 e4m3 cast, SwiGLU's silu and multiply, and
+//!   top-k (the router's and greedy decoding's over the vocabulary).
+//!
+//! Each reports bytes/s of compulsory traffic (every input read once, the output written once;
+//! `units`), which compares directly with the card's HBM bandwidth (H100 SXM: 3.35 TB/s, H200:
+//! 4.8 TB/s on the datasheets). Ids: `<device>/<op>/<dtype>/<dims>`; `cargo bench -- cuda` runs
+//! only the GPU ones. The GEMMs are in the `gemm` bench. On the CPU the same entries run at the
+//! tiny preset's shapes (the existing vector_add and RMSNorm entries keep their sizes).
 
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use l4_benches::timing::DeviceTimer;
+use std::process::ExitCode;
+
+use criterion::Criterion;
+use l4_benches::runner::{self, bench_op, randn, setup, token_ids};
+use l4_benches::shapes::ModelDims;
 use l4_benches::units;
-use l4_core::testing::test_devices;
-use l4_core::{DType, Tensor};
+use l4_core::{DType, Device, Tensor};
+use l4_kernels::elementwise::{BinaryOp, UnaryOp};
 use l4_kernels::vector_add;
 
+/// Token counts of a decode step (a batch of sequences, one token each), a prefill and a long
+/// prefill on CUDA; small stand-ins on the CPU.
+struct Tokens {
+    decode: usize,
+    prefill: usize,
+    long: usize,
+}
+
+fn setting(device: Device) -> (ModelDims, Tokens) {
+    if device.is_cuda() {
+        let tokens = Tokens {
+            decode: 16,
+            prefill: 2048,
+            long: 8192,
+        };
+        (ModelDims::gpu(), tokens)
+    } else {
+        let tokens = Tokens {
+            decode: 4,
+            prefill: 64,
+            long: 128,
+        };
+        (ModelDims::cpu(), tokens)
+    }
+}
+
 fn vector_add_bandwidth(c: &mut Criterion) {
-    for device in test_devices() {
-        let mut group = c.benchmark_group(format!("{device}/vector_add"));
-        let mut timer = DeviceTimer::new(device).expect("timer");
+    for device in runner::devices() {
+        let group_name = format!("{device}/vector_add");
+        let Some(mut timer) = runner::timer(&group_name, device) else {
+            continue;
+        };
+        let mut group = c.benchmark_group(&group_name);
         // 1 Mi elements fits in L2 (and shows launch overhead); 64 Mi elements (768 MB of
         // traffic in f32) measures HBM.
         let sizes: &[usize] = if device.is_cuda() {
@@ -28,61 +64,299 @@ fn vector_add_bandwidth(c: &mut Criterion) {
         };
         for dtype in [DType::F32, DType::BF16] {
             for &n in sizes {
-                let a = Tensor::randn(&[n], dtype, 1, device).expect("a");
-                let b = Tensor::randn(&[n], dtype, 2, device).expect("b");
-                group.throughput(units::binary_elementwise(n, dtype));
-                group.bench_function(BenchmarkId::new(dtype.name(), n), |bench| {
-                    bench.iter_custom(|iters| timer.time(iters, || vector_add(&a, &b)))
-                });
+                let id = format!("{group_name}/{dtype}/{n}");
+                let Some((a, b)) = setup(&id, pair(&[n], dtype, device)) else {
+                    continue;
+                };
+                bench_op(
+                    &mut group,
+                    &group_name,
+                    &mut timer,
+                    dtype.name(),
+                    n,
+                    units::binary_elementwise(n, dtype),
+                    || vector_add(&a, &b),
+                );
             }
-        }
-        group.finish();
-    }
-}
-
-fn cublaslt_matmul_at_scout_shapes(c: &mut Criterion) {
-    for device in test_devices().into_iter().filter(|d| d.is_cuda()) {
-        let mut group = c.benchmark_group(format!("{device}/cublaslt_matmul_bf16"));
-        let mut timer = DeviceTimer::new(device).expect("timer");
-        let shapes = l4_benches::shapes::matmul_shapes("llama4-scout-17b-16e", "scout", &[16, 2048]);
-        for shape in shapes {
-            let a = Tensor::randn(&[shape.m, shape.k], DType::BF16, 1, device).expect("a");
-            // The weight as HF stores it, [n, k], multiplied through its transposed view.
-            let w = Tensor::randn(&[shape.n, shape.k], DType::BF16, 2, device).expect("w");
-            let w_t = w.transpose(0, 1).expect("view");
-            group.throughput(units::matmul(shape.m, shape.n, shape.k, DType::BF16, DType::BF16));
-            let id = BenchmarkId::new(shape.name.clone(), format!("{}x{}x{}", shape.m, shape.n, shape.k));
-            group.bench_function(id, |bench| {
-                bench.iter_custom(|iters| timer.time(iters, || l4_kernels::matmul::matmul(&a, &w_t)))
-            });
         }
         group.finish();
     }
 }
 
 fn rms_norm_rows(c: &mut Criterion) {
-    for device in test_devices() {
-        let mut group = c.benchmark_group(format!("{device}/rms_norm"));
-        let mut timer = DeviceTimer::new(device).expect("timer");
+    let d = ModelDims::gpu().hidden;
+    for device in runner::devices() {
+        let group_name = format!("{device}/rms_norm");
+        let Some(mut timer) = runner::timer(&group_name, device) else {
+            continue;
+        };
+        let mut group = c.benchmark_group(&group_name);
         let rows: &[usize] = if device.is_cuda() { &[16, 8192] } else { &[16, 512] };
         for &t in rows {
             for dtype in [DType::F32, DType::BF16] {
-                let x = Tensor::randn(&[t, 5120], dtype, 3, device).expect("x");
-                let w = Tensor::randn(&[5120], dtype, 4, device).expect("w");
-                group.throughput(units::elementwise(t * 5120, dtype));
-                group.bench_function(BenchmarkId::new(dtype.name(), format!("{t}x5120")), |bench| {
-                    bench.iter_custom(|iters| timer.time(iters, || l4_kernels::norm::rms_norm(&x, Some(&w), 1e-5)))
-                });
+                let id = format!("{group_name}/{dtype}/{t}x{d}");
+                let inputs = || -> l4_core::Result<(Tensor, Tensor)> {
+                    Ok((randn(&[t, d], dtype, 3, device)?, randn(&[d], dtype, 4, device)?))
+                };
+                let Some((x, w)) = setup(&id, inputs()) else {
+                    continue;
+                };
+                bench_op(
+                    &mut group,
+                    &group_name,
+                    &mut timer,
+                    dtype.name(),
+                    format!("{t}x{d}"),
+                    units::elementwise(t * d, dtype),
+                    || l4_kernels::norm::rms_norm(&x, Some(&w), 1e-5),
+                );
             }
         }
         group.finish();
     }
 }
 
-criterion_group!(
-    benches,
-    vector_add_bandwidth,
-    cublaslt_matmul_at_scout_shapes,
-    rms_norm_rows
-);
-criterion_main!(benches);
+/// Softmax over attention-score rows: a prefill's `[h·t, t]` (in f32 and bf16) and a decode
+/// batch's `[h·b, s]` over one full attention chunk of keys.
+fn softmax_rows(c: &mut Criterion) {
+    for device in runner::devices() {
+        let (dims, tokens) = setting(device);
+        let group_name = format!("{device}/softmax");
+        let Some(mut timer) = runner::timer(&group_name, device) else {
+            continue;
+        };
+        let mut group = c.benchmark_group(&group_name);
+        let prefill = (dims.heads * tokens.prefill, dims.key_span(tokens.prefill));
+        let decode = (dims.heads * tokens.decode, dims.chunk.unwrap_or(tokens.prefill));
+        for ((rows, cols), dtype) in [(prefill, DType::F32), (prefill, DType::BF16), (decode, DType::BF16)] {
+            let id = format!("{group_name}/{dtype}/{rows}x{cols}");
+            let Some(x) = setup(&id, randn(&[rows, cols], dtype, 5, device)) else {
+                continue;
+            };
+            bench_op(
+                &mut group,
+                &group_name,
+                &mut timer,
+                dtype.name(),
+                format!("{rows}x{cols}"),
+                units::elementwise(rows * cols, dtype),
+                || l4_kernels::softmax::softmax(&x, 1),
+            );
+        }
+        group.finish();
+    }
+}
+
+/// RoPE on q `[b, t, h, dh]` and k `[b, t, hk, dh]`: a prefill (`b = 1`) and a decode step (`t = 1`).
+fn rope_heads(c: &mut Criterion) {
+    for device in runner::devices() {
+        let (dims, tokens) = setting(device);
+        let group_name = format!("{device}/rope");
+        let Some(mut timer) = runner::timer(&group_name, device) else {
+            continue;
+        };
+        let mut group = c.benchmark_group(&group_name);
+        // Values do not change the timing; Llama 4's θ = 500000 without scaling.
+        let half = dims.head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|j| 500_000f32.powf(-((2 * j) as f32) / dims.head_dim as f32))
+            .collect();
+        let dtype = DType::BF16;
+        for (b, t, start) in [(1, tokens.prefill, 0), (tokens.decode, 1, tokens.prefill)] {
+            for heads in [dims.heads, dims.kv_heads] {
+                let shape = [b, t, heads, dims.head_dim];
+                let dims_str = format!("{b}x{t}x{heads}x{}", dims.head_dim);
+                let id = format!("{group_name}/{dtype}/{dims_str}");
+                let Some(x) = setup(&id, randn(&shape, dtype, 6, device)) else {
+                    continue;
+                };
+                bench_op(
+                    &mut group,
+                    &group_name,
+                    &mut timer,
+                    dtype.name(),
+                    dims_str,
+                    units::elementwise(x.elem_count(), dtype),
+                    || l4_kernels::rope::apply(&x, &inv_freq, start),
+                );
+            }
+        }
+        group.finish();
+    }
+}
+
+/// The embedding lookup: `t` I64 ids into the `[v, d]` table. The CUDA path copies the ids to
+/// the host and checks them before launching; that round trip is part of the op and is timed.
+fn embedding_gather(c: &mut Criterion) {
+    for device in runner::devices() {
+        let (dims, tokens) = setting(device);
+        let group_name = format!("{device}/embedding");
+        let Some(mut timer) = runner::timer(&group_name, device) else {
+            continue;
+        };
+        let mut group = c.benchmark_group(&group_name);
+        let dtype = DType::BF16;
+        let (v, d) = (dims.vocab, dims.hidden);
+        let table_id = format!("{group_name}/{dtype}/table {v}x{d}");
+        let Some(table) = setup(&table_id, randn(&[v, d], dtype, 7, device)) else {
+            group.finish();
+            continue;
+        };
+        for t in [tokens.decode, tokens.prefill] {
+            let id = format!("{group_name}/{dtype}/{t}x{v}x{d}");
+            let Some(ids) = setup(&id, token_ids(t, v, 8, device)) else {
+                continue;
+            };
+            bench_op(
+                &mut group,
+                &group_name,
+                &mut timer,
+                dtype.name(),
+                format!("{t}x{v}x{d}"),
+                units::gather_rows(t, d, dtype, DType::I64),
+                || l4_kernels::gather::embedding(&table, &ids),
+            );
+        }
+        group.finish();
+    }
+}
+
+/// bf16 → FP8 e4m3 (saturating): activations `[t, d]` and an expert's gate/up weight `[2f, d]`.
+fn cast_to_fp8(c: &mut Criterion) {
+    for device in runner::devices() {
+        let (dims, tokens) = setting(device);
+        let group_name = format!("{device}/cast");
+        let Some(mut timer) = runner::timer(&group_name, device) else {
+            continue;
+        };
+        let mut group = c.benchmark_group(&group_name);
+        let (from, to) = (DType::BF16, DType::F8E4M3);
+        let function = format!("{from}_to_{to}");
+        for (rows, cols) in [
+            (tokens.prefill, dims.hidden),
+            (tokens.long, dims.hidden),
+            (2 * dims.ffn, dims.hidden),
+        ] {
+            let id = format!("{group_name}/{function}/{rows}x{cols}");
+            let Some(x) = setup(&id, randn(&[rows, cols], from, 9, device)) else {
+                continue;
+            };
+            bench_op(
+                &mut group,
+                &group_name,
+                &mut timer,
+                &function,
+                format!("{rows}x{cols}"),
+                units::cast(rows * cols, from, to),
+                || l4_kernels::cast::cast(&x, to),
+            );
+        }
+        group.finish();
+    }
+}
+
+/// SwiGLU's two elementwise steps on the expert's hidden activations `[t, f]`: `silu(gate)` and
+/// `silu(gate) · up`.
+fn swiglu_elementwise(c: &mut Criterion) {
+    for device in runner::devices() {
+        let (dims, tokens) = setting(device);
+        let dtype = DType::BF16;
+        let f = dims.ffn;
+        let Some(mut timer) = runner::timer(&format!("{device}/silu"), device) else {
+            continue;
+        };
+        let mut inputs = Vec::new();
+        for t in [tokens.decode, tokens.long] {
+            let id = format!("{device}/silu/{dtype}/{t}x{f}");
+            if let Some((gate, up)) = setup(&id, pair(&[t, f], dtype, device)) {
+                inputs.push((t, gate, up));
+            }
+        }
+        for op in ["silu", "mul"] {
+            let group_name = format!("{device}/{op}");
+            let mut group = c.benchmark_group(&group_name);
+            for (t, gate, up) in &inputs {
+                let elements = t * f;
+                let (throughput, op): (_, Box<dyn Fn() -> l4_core::Result<Tensor>>) = if op == "silu" {
+                    (
+                        units::elementwise(elements, dtype),
+                        Box::new(|| l4_kernels::elementwise::unary(UnaryOp::Silu, gate)),
+                    )
+                } else {
+                    (
+                        units::binary_elementwise(elements, dtype),
+                        Box::new(|| l4_kernels::elementwise::binary(BinaryOp::Mul, gate, up)),
+                    )
+                };
+                bench_op(
+                    &mut group,
+                    &group_name,
+                    &mut timer,
+                    dtype.name(),
+                    format!("{t}x{f}"),
+                    throughput,
+                    op,
+                );
+            }
+            group.finish();
+        }
+    }
+}
+
+/// Top-k: the router's over `[t, e]` logits (k = experts per token) and greedy decoding's
+/// top-1 over `[b, v]` logits.
+fn topk_rows(c: &mut Criterion) {
+    for device in runner::devices() {
+        let (dims, tokens) = setting(device);
+        let group_name = format!("{device}/topk");
+        let Some(mut timer) = runner::timer(&group_name, device) else {
+            continue;
+        };
+        let mut group = c.benchmark_group(&group_name);
+        let dtype = DType::BF16;
+        let router_k = dims.top_k.max(1);
+        for (rows, cols, k) in [
+            (tokens.prefill, dims.experts, router_k),
+            (tokens.long, dims.experts, router_k),
+            (tokens.decode, dims.vocab, 1),
+        ] {
+            if cols == 0 {
+                continue;
+            }
+            let function = format!("{dtype}_k{k}");
+            let id = format!("{group_name}/{function}/{rows}x{cols}");
+            let Some(x) = setup(&id, randn(&[rows, cols], dtype, 10, device)) else {
+                continue;
+            };
+            bench_op(
+                &mut group,
+                &group_name,
+                &mut timer,
+                &function,
+                format!("{rows}x{cols}"),
+                units::topk(rows, cols, k, dtype),
+                || l4_kernels::topk::topk(&x, k),
+            );
+        }
+        group.finish();
+    }
+}
+
+/// Two seeded tensors of one shape.
+fn pair(shape: &[usize], dtype: DType, device: Device) -> l4_core::Result<(Tensor, Tensor)> {
+    Ok((randn(shape, dtype, 1, device)?, randn(shape, dtype, 2, device)?))
+}
+
+fn main() -> ExitCode {
+    let mut c = Criterion::default().configure_from_args();
+    vector_add_bandwidth(&mut c);
+    rms_norm_rows(&mut c);
+    softmax_rows(&mut c);
+    rope_heads(&mut c);
+    embedding_gather(&mut c);
+    cast_to_fp8(&mut c);
+    swiglu_elementwise(&mut c);
+    topk_rows(&mut c);
+    c.final_summary();
+    runner::exit_status()
+}
