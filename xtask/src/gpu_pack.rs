@@ -2,9 +2,11 @@
 //!
 //! The GPU machine has no Rust toolchain. This builds every workspace test harness (release) and
 //! every criterion bench, copies the executables to `gpu-bin/<kind>-<name>`, strips them, adds
-//! the `l4` binary when l4-experiments has one, and writes `gpu-bin/run.sh`, which runs them all
-//! from the repository root (`bash gpu-bin/run.sh`). NVRTC is not packed: the binaries compile
-//! their kernels with the GPU machine's own NVRTC 13.0, which run.sh puts on LD_LIBRARY_PATH.
+//! the `l4` binary when l4-experiments has one, copies the Python tools run.sh calls
+//! ([`PACKED_TOOLS`]: the PyTorch peer baselines and the Markdown summary), and writes
+//! `gpu-bin/run.sh`, which runs them all from the repository root (`bash gpu-bin/run.sh`). NVRTC
+//! is not packed: the binaries compile their kernels with the GPU machine's own NVRTC 13.0, which
+//! run.sh puts on LD_LIBRARY_PATH.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -19,6 +21,10 @@ use crate::{cargo, workspace_root};
 
 /// The run script, kept as a real file so it can be read and shellchecked on its own.
 const RUN_SH: &str = include_str!("run.sh");
+
+/// Scripts under `tools/` that run.sh runs from `gpu-bin/` (they need only python3; the peers
+/// also torch), packed beside it so the bundle and its scripts always come from one commit.
+const PACKED_TOOLS: &[&str] = &["peer_baselines.py", "gpu_summary.py"];
 
 /// One executable cargo built.
 #[derive(Debug)]
@@ -162,6 +168,11 @@ pub fn command(args: &[OsString]) -> Result<ExitCode> {
     let run_sh = out_dir.join("run.sh");
     std::fs::write(&run_sh, RUN_SH)?;
     set_executable(&run_sh)?;
+    for tool in PACKED_TOOLS {
+        let from = root.join("tools").join(tool);
+        let to = out_dir.join(tool);
+        std::fs::copy(&from, &to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    }
 
     let mut total = 0u64;
     for entry in std::fs::read_dir(&out_dir)? {
@@ -171,8 +182,9 @@ pub fn command(args: &[OsString]) -> Result<ExitCode> {
         eprintln!("  {:>10}  gpu-bin/{}", size, entry.file_name().to_string_lossy());
     }
     println!(
-        "gpu-bin/: {} executables + run.sh, {:.1} MB in total. On the GPU machine, from the repo root: bash gpu-bin/run.sh",
+        "gpu-bin/: {} executables + run.sh + {} scripts, {:.1} MB in total. On the GPU machine, from the repo root: bash gpu-bin/run.sh",
         packed.len(),
+        PACKED_TOOLS.len(),
         total as f64 / 1e6
     );
     Ok(ExitCode::SUCCESS)
