@@ -5,9 +5,10 @@ use l4_kernels::ops;
 
 use crate::kv_cache::KvCache;
 use crate::parts::attention::{AttentionContext, AttentionShape, AttentionWeights, StepMasks, attention_forward};
+use crate::parts::fp8::Fp8Mode;
 use crate::parts::linear::Linear;
 use crate::parts::mlp::SwiGlu;
-use crate::parts::moe::Moe;
+use crate::parts::moe::{Experts, Moe};
 use crate::parts::rope::RotaryTable;
 use crate::parts::router::router_by_name;
 use crate::spec::{Ffn, LayerSpec, ModelSpec};
@@ -115,8 +116,11 @@ impl Llama4 {
                     let (e, f) = (moe.num_experts, moe.expert_intermediate);
                     FfnBlock::Moe(Box::new(Moe {
                         router: linear(source, names.layer(i, "feed_forward.router.weight"), vec![e, d])?,
-                        gate_up: source.take(&names.layer(i, "feed_forward.experts.gate_up_proj"), &[e, d, 2 * f])?,
-                        down: source.take(&names.layer(i, "feed_forward.experts.down_proj"), &[e, f, d])?,
+                        experts: Experts::Fused {
+                            gate_up: source
+                                .take(&names.layer(i, "feed_forward.experts.gate_up_proj"), &[e, d, 2 * f])?,
+                            down: source.take(&names.layer(i, "feed_forward.experts.down_proj"), &[e, f, d])?,
+                        },
                         shared: match moe.shared_intermediate {
                             Some(fs) => Some(swiglu(source, names, i, "feed_forward.shared_expert.", d, fs)?),
                             None => None,
@@ -308,5 +312,48 @@ impl Llama4 {
         cache.advance(t);
         output.logits = self.lm_head.forward(&ops::rms_norm(&h, Some(&self.final_norm), eps)?)?;
         Ok(output)
+    }
+    /// The same model with the weights `mode` selects held in e4m3, run in FP8 (`experts`,
+    /// `all`) or dequantized into the compute dtype (`dequant`); `none` changes nothing. The
+    /// router, the embedding and the lm_head always stay in the compute dtype.
+    pub fn with_fp8(mut self, mode: Fp8Mode) -> Result<Self> {
+        mode.check_dtype(self.dtype)?;
+        let (dtype, num_layers) = (self.dtype, self.layers.len());
+        let convert = |l: &Linear| match mode.dequantizes() {
+            true => l.to_dequantized(dtype),
+            false => l.to_fp8(),
+        };
+        let convert_mlp = |m: &SwiGlu| -> Result<SwiGlu> {
+            Ok(SwiGlu {
+                gate: convert(&m.gate)?,
+                up: convert(&m.up)?,
+                down: convert(&m.down)?,
+            })
+        };
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            if mode.quantizes_dense() {
+                let a = &layer.attention;
+                layer.attention = AttentionWeights {
+                    q: convert(&a.q)?,
+                    k: convert(&a.k)?,
+                    v: convert(&a.v)?,
+                    o: convert(&a.o)?,
+                };
+                match &mut layer.ffn {
+                    FfnBlock::Dense(mlp) => **mlp = convert_mlp(mlp)?,
+                    FfnBlock::Moe(moe) => {
+                        if let Some(shared) = &moe.shared {
+                            moe.shared = Some(convert_mlp(shared)?);
+                        }
+                    }
+                }
+            }
+            if let FfnBlock::Moe(moe) = &mut layer.ffn
+                && mode.quantizes_experts(i, num_layers)
+            {
+                moe.experts = moe.experts.map_linears(convert)?;
+            }
+        }
+        Ok(self)
     }
 }

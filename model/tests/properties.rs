@@ -16,7 +16,7 @@ use l4_model::kv_cache::LayerCache;
 use l4_model::parts::attention::{AttentionContext, AttentionShape, AttentionWeights, StepMasks, attention_forward};
 use l4_model::parts::linear::Linear;
 use l4_model::parts::mlp::SwiGlu;
-use l4_model::parts::moe::Moe;
+use l4_model::parts::moe::{Experts, Moe};
 use l4_model::parts::rope::RotaryTable;
 use l4_model::parts::router::{Llama4Router, Router, Routing, WeightPlacement};
 use l4_model::spec::{Llama3Scaling, RopeSpec, Temperature};
@@ -751,8 +751,10 @@ proptest! {
             .unwrap();
         let moe = Moe {
             router: Linear::from_hf_weight(&randn(&[1, d], 4)).unwrap(),
-            gate_up,
-            down: down.transpose(0, 1).unwrap().contiguous().unwrap().reshape(&[1, f, d]).unwrap(),
+            experts: Experts::Fused {
+                gate_up,
+                down: down.transpose(0, 1).unwrap().contiguous().unwrap().reshape(&[1, f, d]).unwrap(),
+            },
             shared: None,
             strategy: Box::new(AlwaysExpertZero(placement)),
         };

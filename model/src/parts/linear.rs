@@ -1,15 +1,27 @@
-//! A bias-free linear layer. The weight stays as loaded; the forward pass multiplies by its
+//! A bias-free linear layer, in the compute dtype or in FP8.
+//!
+//! In the compute dtype the weight stays as loaded; the forward pass multiplies by its
 //! transposed view, which the GEMM reads in place through its strides (no copy at load time,
-//! so resident memory stays at the checkpoint's size).
+//! so resident memory stays at the checkpoint's size). In FP8 it is an [`Fp8Linear`].
 
-use l4_core::{Error, Result, Tensor};
+use l4_core::{DType, Error, Result, Tensor};
 use l4_kernels::ops;
 
-/// `y = x · Wᵀ`, holding `Wᵀ [in, out]`: a transposed view of HF's `W [out, in]`, or a weight
-/// that is already `[in, out]` (HF's fused experts).
+use super::fp8::Fp8Linear;
+
+/// How the weight is held.
+#[derive(Clone, Debug)]
+enum Weight {
+    /// `Wᵀ [in, out]` in the compute dtype.
+    Dense(Tensor),
+    /// e4m3 `[out, in]` with per-channel scales.
+    Fp8(Fp8Linear),
+}
+
+/// `y = x · Wᵀ` for HF's `W [out, in]`.
 #[derive(Clone, Debug)]
 pub struct Linear {
-    weight_t: Tensor, // [in, out]
+    weight: Weight,
 }
 
 impl Linear {
@@ -23,27 +35,70 @@ impl Linear {
             });
         }
         Ok(Linear {
-            weight_t: weight.transpose(0, 1)?,
+            weight: Weight::Dense(weight.transpose(0, 1)?),
         })
     }
 
     /// From a weight already laid out `[in, out]` (HF's fused expert tensors, applied as x·W).
     pub fn from_in_out(weight_t: Tensor) -> Result<Self> {
-        Ok(Linear { weight_t })
+        Ok(Linear {
+            weight: Weight::Dense(weight_t),
+        })
+    }
+
+    /// From an FP8 linear.
+    pub fn from_fp8(linear: Fp8Linear) -> Self {
+        Linear {
+            weight: Weight::Fp8(linear),
+        }
     }
 
     /// Input features.
     pub fn in_features(&self) -> usize {
-        self.weight_t.shape()[0]
+        match &self.weight {
+            Weight::Dense(w) => w.shape()[0],
+            Weight::Fp8(l) => l.in_features(),
+        }
     }
 
     /// Output features.
     pub fn out_features(&self) -> usize {
-        self.weight_t.shape()[1]
+        match &self.weight {
+            Weight::Dense(w) => w.shape()[1],
+            Weight::Fp8(l) => l.out_features(),
+        }
+    }
+
+    /// Whether the weight is held in FP8.
+    pub fn is_fp8(&self) -> bool {
+        matches!(self.weight, Weight::Fp8(_))
+    }
+
+    /// The same layer with its weight quantized to e4m3 per output channel (run in FP8).
+    pub fn to_fp8(&self) -> Result<Linear> {
+        match &self.weight {
+            Weight::Dense(w_t) => Ok(Linear::from_fp8(Fp8Linear::quantize(&w_t.transpose(0, 1)?)?)),
+            Weight::Fp8(_) => Ok(self.clone()),
+        }
+    }
+
+    /// The same layer in `dtype` with the e4m3 rounding of its weight: an FP8 weight
+    /// dequantized, a dense one quantized per output channel and dequantized (the weight-only
+    /// quantization error, without quantized activations).
+    pub fn to_dequantized(&self, dtype: DType) -> Result<Linear> {
+        let fp8 = match &self.weight {
+            Weight::Dense(w_t) => Fp8Linear::quantize(&w_t.transpose(0, 1)?)?,
+            Weight::Fp8(l) => l.clone(),
+        };
+        Linear::from_hf_weight(&fp8.dequantized(dtype)?)
     }
 
     /// `x [.., in] -> [.., out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let weight_t = match &self.weight {
+            Weight::Dense(w) => w,
+            Weight::Fp8(l) => return l.forward(x),
+        };
         let shape = x.shape();
         let rows: usize = shape[..shape.len().saturating_sub(1)].iter().product();
         let flat = ops::contiguous(x)?.reshape(&[rows, self.in_features()])?;
@@ -51,6 +106,6 @@ impl Linear {
         if let Some(last) = out_shape.last_mut() {
             *last = self.out_features();
         }
-        ops::matmul(&flat, &self.weight_t)?.reshape(&out_shape)
+        ops::matmul(&flat, weight_t)?.reshape(&out_shape)
     }
 }

@@ -1,6 +1,7 @@
 //! The model parts the per-layer plan chooses from.
 
 pub mod attention;
+pub mod fp8;
 pub mod linear;
 pub mod mlp;
 pub mod moe;

@@ -7,15 +7,80 @@ use super::linear::Linear;
 use super::mlp::SwiGlu;
 use super::router::{Router, Routing, WeightPlacement};
 
+/// The routed experts' weights.
+#[derive(Clone, Debug)]
+pub enum Experts {
+    /// HF's fused layout in the compute dtype.
+    Fused {
+        /// `[e, d, 2f]`: gate in the first `f` columns, up in the last `f`; applied as `x · W`.
+        gate_up: Tensor,
+        /// `[e, f, d]`, applied as `h · W`.
+        down: Tensor,
+    },
+    /// One linear pair per expert (FP8, or the dequantized FP8 ablation).
+    PerExpert {
+        /// Per expert: `d -> 2f`, gate outputs first.
+        gate_up: Vec<Linear>,
+        /// Per expert: `f -> d`.
+        down: Vec<Linear>,
+    },
+}
+
+impl Experts {
+    /// Routed experts.
+    pub fn len(&self) -> usize {
+        match self {
+            Experts::Fused { gate_up, .. } => gate_up.shape()[0],
+            Experts::PerExpert { gate_up, .. } => gate_up.len(),
+        }
+    }
+
+    /// Whether there are no experts.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The expert width `f`.
+    pub fn width(&self) -> usize {
+        match self {
+            Experts::Fused { down, .. } => down.shape()[1],
+            Experts::PerExpert { down, .. } => down.first().map_or(0, Linear::in_features),
+        }
+    }
+
+    /// Expert `e` as two linears, `d -> 2f` and `f -> d` (views of the fused tensors, no copy).
+    fn expert(&self, e: usize) -> Result<(Linear, Linear)> {
+        match self {
+            Experts::Fused { gate_up, down } => {
+                let (d, f2) = (gate_up.shape()[1], gate_up.shape()[2]);
+                Ok((
+                    Linear::from_in_out(gate_up.narrow(0, e, 1)?.reshape(&[d, f2])?)?,
+                    Linear::from_in_out(down.narrow(0, e, 1)?.reshape(&[f2 / 2, d])?)?,
+                ))
+            }
+            Experts::PerExpert { gate_up, down } => Ok((gate_up[e].clone(), down[e].clone())),
+        }
+    }
+
+    /// Every expert as a linear pair transformed by `convert` (to FP8, or dequantized).
+    pub fn map_linears(&self, convert: impl Fn(&Linear) -> Result<Linear>) -> Result<Experts> {
+        let (mut gate_up, mut down) = (Vec::new(), Vec::new());
+        for e in 0..self.len() {
+            let (gu, dn) = self.expert(e)?;
+            gate_up.push(convert(&gu)?);
+            down.push(convert(&dn)?);
+        }
+        Ok(Experts::PerExpert { gate_up, down })
+    }
+}
+
 /// One MoE block's weights and its routing strategy.
 #[derive(Debug)]
 pub struct Moe {
     /// `[e, d]` router (HF `nn.Linear` layout).
     pub router: Linear,
-    /// `[e, d, 2f]`: gate in the first `f` columns, up in the last `f`; applied as `x · W`.
-    pub gate_up: Tensor,
-    /// `[e, f, d]`, applied as `h · W`.
-    pub down: Tensor,
+    /// The routed experts.
+    pub experts: Experts,
     /// The always-on shared expert, if enabled.
     pub shared: Option<SwiGlu>,
     /// The routing strategy.
@@ -36,7 +101,7 @@ pub struct MoeOutput {
 impl Moe {
     /// Routed experts.
     pub fn num_experts(&self) -> usize {
-        self.gate_up.shape()[0]
+        self.experts.len()
     }
 
     /// `x [n, d] -> [n, d]`: `shared(x) + Σ_k expert_k(x · w_k)` (weights on the input for
@@ -51,7 +116,7 @@ impl Moe {
             });
         };
         let n_experts = self.num_experts();
-        let f = self.down.shape()[1];
+        let f = self.experts.width();
         let router_logits = self.router.forward(x)?; // [n, e]
         let routing = self.strategy.route(&router_logits.to_f32_vec()?, n, n_experts)?;
 
@@ -90,11 +155,10 @@ impl Moe {
             if routing.placement == WeightPlacement::Input {
                 x_e = ops::mul(&x_e, &weights)?;
             }
-            let gate_up = self.gate_up.narrow(0, expert, 1)?.reshape(&[d, 2 * f])?;
-            let down = self.down.narrow(0, expert, 1)?.reshape(&[f, d])?;
-            let projected = ops::matmul(&x_e, &gate_up)?; // [n_e, 2f]
+            let (gate_up, down) = self.experts.expert(expert)?;
+            let projected = gate_up.forward(&x_e)?; // [n_e, 2f]
             let hidden = ops::mul(&ops::silu(&projected.narrow(1, 0, f)?)?, &projected.narrow(1, f, f)?)?; // [n_e, f]
-            let mut y = ops::matmul(&hidden, &down)?; // [n_e, d]
+            let mut y = down.forward(&hidden)?; // [n_e, d]
             if routing.placement == WeightPlacement::Output {
                 y = ops::mul(&y, &weights)?;
             }
