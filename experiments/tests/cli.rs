@@ -619,3 +619,281 @@ fn an_existing_output_file_survives_a_failed_run() {
         assert_eq!(fs::read(s.output()).unwrap(), b"keep me");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Images (multimodal checkpoints)
+// ---------------------------------------------------------------------------------------------
+
+/// The committed tiny-vision-tiles fixture: a Llama4ForConditionalGeneration checkpoint with
+/// tokenizer.json and preprocessor_config.json, the image `images/grid.png` (a 2x3 grid of
+/// tiles plus the global tile) and, in expected.safetensors, HF's processor output for it
+/// (`input_ids`, `pixel_values`) with HF's `logits` and `greedy_ids`.
+fn vision_fixture() -> PathBuf {
+    [
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/testdata/tiny-vision-tiles"),
+        PathBuf::from("model/testdata/tiny-vision-tiles"),
+    ]
+    .into_iter()
+    .find(|p| p.is_dir())
+    .expect("the tiny-vision-tiles fixture under model/testdata")
+}
+
+/// The prompt HF's processor expanded for the fixture's `input_ids`.
+const VISION_PROMPT: &str = "<|image|>What is in the picture?";
+
+fn vision_expected(name: &str) -> Tensor {
+    Checkpoint::open(vision_fixture().join("expected.safetensors"))
+        .unwrap()
+        .load(name, Device::Cpu)
+        .unwrap()
+}
+
+impl Scratch {
+    /// A scratch directory with a copy of the vision fixture in `model/`, its image in
+    /// `grid.png`, and HF's `input_ids` and `pixel_values` in `input.safetensors`.
+    fn vision() -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model");
+        fs::create_dir(&model).unwrap();
+        for file in [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "preprocessor_config.json",
+        ] {
+            fs::copy(vision_fixture().join(file), model.join(file)).unwrap();
+        }
+        fs::copy(vision_fixture().join("images/grid.png"), dir.path().join("grid.png")).unwrap();
+        fs::create_dir(dir.path().join("out")).unwrap();
+        let scratch = Scratch { dir };
+        scratch.write_input(
+            "input.safetensors",
+            &[
+                ("input_ids", &vision_expected("input_ids")),
+                ("pixel_values", &vision_expected("pixel_values")),
+            ],
+        );
+        scratch
+    }
+
+    /// `l4 generate --model <model> --prompt VISION_PROMPT --image <grid.png> ... --max-new-tokens 6`.
+    fn image_args(&self) -> Vec<OsString> {
+        args(&[
+            "generate".into(),
+            "--model".into(),
+            self.model().into(),
+            "--prompt".into(),
+            VISION_PROMPT.into(),
+            "--image".into(),
+            self.path("grid.png").into(),
+            "--output".into(),
+            self.output().into(),
+            "--device".into(),
+            "cpu".into(),
+            "--max-new-tokens".into(),
+            "6".into(),
+        ])
+    }
+}
+
+#[test]
+fn logits_with_pixel_values_are_hfs_on_every_device() {
+    for device in test_devices() {
+        let s = Scratch::vision();
+        let mut argv = s.logits_args();
+        set(&mut argv, "--device", device.to_string());
+        assert_succeeded(&argv, &l4(&argv));
+        let logits = Checkpoint::open(s.output())
+            .unwrap()
+            .load("logits", Device::Cpu)
+            .unwrap();
+        let want = vision_expected("logits");
+        assert_eq!(logits.shape(), want.shape());
+        // The parity bound of model/tests/vision.rs (3·|HF − f64|).
+        let meta: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(vision_fixture().join("expected_meta.json")).unwrap()).unwrap();
+        let hf_error = meta["hf_vs_f64_reference_maxabs"]["logits"].as_f64().unwrap();
+        assert_close(
+            &logits.to_f64_vec().unwrap(),
+            &want.to_f64_vec().unwrap(),
+            Tolerance::new(3.0 * hf_error, 0.0),
+            &format!("l4 logits with pixel_values --device {device} vs HF"),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn generate_from_an_image_file_and_a_prompt_gives_hfs_greedy_ids() {
+    let s = Scratch::vision();
+    let want = vision_expected("greedy_ids").to_vec::<i64>().unwrap();
+    // From the image file: preprocessing, token layout and tokenization as HF's processor.
+    let argv = s.image_args();
+    assert_succeeded(&argv, &l4(&argv));
+    let ids = Checkpoint::open(s.output())
+        .unwrap()
+        .load("generated_ids", Device::Cpu)
+        .unwrap();
+    assert_eq!(ids.to_vec::<i64>().unwrap(), want, "--image --prompt");
+    // From HF's input_ids and pixel_values.
+    fs::remove_file(s.output()).unwrap();
+    let mut argv = s.generate_args();
+    set(&mut argv, "--max-new-tokens", "6");
+    assert_succeeded(&argv, &l4(&argv));
+    let ids = Checkpoint::open(s.output())
+        .unwrap()
+        .load("generated_ids", Device::Cpu)
+        .unwrap();
+    assert_eq!(ids.to_vec::<i64>().unwrap(), want, "--input with pixel_values");
+}
+
+#[test]
+fn pixel_values_whose_tile_count_disagrees_with_the_image_tokens_are_an_error() {
+    let s = Scratch::vision();
+    let six = vision_expected("pixel_values")
+        .narrow(0, 0, 6)
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    let path = s.write_input(
+        "six-tiles.safetensors",
+        &[("input_ids", &vision_expected("input_ids")), ("pixel_values", &six)],
+    );
+    s.both_fail(
+        |a| set(a, "--input", &path),
+        &["six-tiles.safetensors", "pixel_values", "6 tiles", "28 image tokens"],
+    );
+    // Tiles without image tokens to receive them is a mismatch too.
+    let no_image_ids = Tensor::from_vec(vec![5i64, 6, 7], &[1, 3], Device::Cpu).unwrap();
+    let path = s.write_input(
+        "no-image-tokens.safetensors",
+        &[
+            ("input_ids", &no_image_ids),
+            ("pixel_values", &vision_expected("pixel_values")),
+        ],
+    );
+    s.both_fail(
+        |a| set(a, "--input", &path),
+        &["pixel_values", "7 tiles", "0 image tokens"],
+    );
+}
+
+#[test]
+fn pixel_values_of_the_wrong_size_dtype_or_values_are_errors_naming_the_tensor() {
+    let s = Scratch::vision();
+    let ids = vision_expected("input_ids");
+    let cases: Vec<(Tensor, Vec<&str>)> = vec![
+        (
+            Tensor::zeros(&[7, 3, 32, 32], DType::F32, Device::Cpu).unwrap(),
+            vec!["pixel_values", "[7, 3, 32, 32]", "[tiles, 3, 28, 28]"],
+        ),
+        (
+            Tensor::zeros(&[7, 3, 28], DType::F32, Device::Cpu).unwrap(),
+            vec!["pixel_values", "[7, 3, 28]"],
+        ),
+        (
+            Tensor::zeros(&[0, 3, 28, 28], DType::F32, Device::Cpu).unwrap(),
+            vec!["pixel_values", "at least one tile"],
+        ),
+        (
+            Tensor::zeros(&[7, 3, 28, 28], DType::I64, Device::Cpu).unwrap(),
+            vec!["pixel_values", "i64"],
+        ),
+        (
+            Tensor::full(f64::NAN, &[7, 3, 28, 28], DType::F32, Device::Cpu).unwrap(),
+            vec!["pixel_values", "not finite"],
+        ),
+    ];
+    for (i, (pixel_values, needles)) in cases.iter().enumerate() {
+        let path = s.write_input(
+            &format!("bad-pixels-{i}.safetensors"),
+            &[("input_ids", &ids), ("pixel_values", pixel_values)],
+        );
+        s.both_fail(|a| set(a, "--input", &path), needles);
+    }
+}
+
+#[test]
+fn pixel_values_for_a_text_only_model_are_an_error() {
+    let s = Scratch::new();
+    let path = s.write_input(
+        "with-pixels.safetensors",
+        &[
+            ("input_ids", &fixture_input_ids()),
+            ("pixel_values", &vision_expected("pixel_values")),
+        ],
+    );
+    s.both_fail(|a| set(a, "--input", &path), &["pixel_values", "no vision encoder"]);
+}
+
+/// The bytes of a PNG whose header says `width × height` (no pixel data follows).
+fn png_header_only(width: u32, height: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+    let mut chunk = b"IHDR".to_vec();
+    chunk.extend(width.to_be_bytes());
+    chunk.extend(height.to_be_bytes());
+    chunk.extend([8, 2, 0, 0, 0]); // 8-bit RGB, no interlace
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(13u32.to_be_bytes());
+    png.extend(&chunk);
+    png.extend(crc32(&chunk).to_be_bytes());
+    png.extend(0u32.to_be_bytes());
+    png.extend(b"IEND");
+    png.extend(crc32(b"IEND").to_be_bytes());
+    png
+}
+
+#[test]
+fn unreadable_missing_or_zero_size_images_are_errors_naming_the_file() {
+    let s = Scratch::vision();
+    let garbage = s.path("garbage.png");
+    fs::write(&garbage, b"this is not an image").unwrap();
+    let zero = s.path("zero-size.png");
+    fs::write(&zero, png_header_only(0, 5)).unwrap();
+    let truncated = s.path("truncated.png");
+    let bytes = fs::read(s.path("grid.png")).unwrap();
+    fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let cases = [
+        (garbage, "garbage.png"),
+        (s.path("missing.png"), "missing.png"),
+        (zero, "zero-size.png"),
+        (truncated, "truncated.png"),
+    ];
+    for (path, name) in cases {
+        let mut argv = s.image_args();
+        set(&mut argv, "--image", &path);
+        s.assert_failed(&argv, &l4(&argv), &[name]);
+    }
+}
+
+#[test]
+fn image_prompts_that_cannot_hold_the_image_are_errors() {
+    let s = Scratch::vision();
+    // Two placeholders for one image.
+    let mut argv = s.image_args();
+    set(&mut argv, "--prompt", "<|image|> and <|image|>");
+    s.assert_failed(&argv, &l4(&argv), &["2 <|image|> placeholders"]);
+    // --image without --prompt (clap names the missing flag).
+    let mut argv = s.image_args();
+    let i = argv.iter().position(|a| a == "--prompt").unwrap();
+    argv.drain(i..i + 2);
+    s.assert_failed(&argv, &l4(&argv), &["--prompt"]);
+    // A text-only model (tiny-maverick has a tokenizer.json, but no vision tower).
+    let mut argv = s.image_args();
+    let maverick = fixture().parent().unwrap().join("tiny-maverick");
+    set(&mut argv, "--model", &maverick);
+    s.assert_failed(&argv, &l4(&argv), &["--image needs a multimodal model"]);
+}

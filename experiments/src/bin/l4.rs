@@ -53,7 +53,9 @@ enum Command {
     Logits {
         #[command(flatten)]
         model: ModelArgs,
-        /// safetensors file holding `input_ids` (I64 [batch, tokens]).
+        /// safetensors file holding `input_ids` (I64 [batch, tokens]) and, for a multimodal
+        /// model, optionally `pixel_values` (F32 [tiles, 3, H, W], tiles in the order of the
+        /// image tokens).
         #[arg(long)]
         input: PathBuf,
         /// safetensors file to write `logits` (F32 [batch, tokens, vocab]) to.
@@ -85,13 +87,18 @@ enum Command {
     Generate {
         #[command(flatten)]
         model: ModelArgs,
-        /// safetensors file holding `input_ids` (I64 [batch, tokens]).
+        /// safetensors file holding `input_ids` (I64 [batch, tokens]) and, for a multimodal
+        /// model, optionally `pixel_values` (F32 [tiles, 3, H, W]).
         #[arg(long, required_unless_present = "prompt", conflicts_with = "prompt")]
         input: Option<PathBuf>,
         /// Text to continue, tokenized with the model folder's tokenizer.json; the
         /// continuation is printed as it is produced.
         #[arg(long)]
         prompt: Option<String>,
+        /// An image (PNG or JPEG) for a multimodal model, preprocessed as HF's processor does;
+        /// its tokens replace the prompt's `<|image|>`, or go before the text.
+        #[arg(long, requires = "prompt")]
+        image: Option<PathBuf>,
         /// New tokens per sequence.
         #[arg(long, default_value_t = 32)]
         max_new_tokens: usize,
@@ -167,13 +174,15 @@ fn main() -> ExitCode {
             model,
             input,
             prompt,
+            image,
             max_new_tokens,
             output,
             stop_at_eos,
-        } => match (input, prompt) {
-            (Some(path), _) => Ok(PromptSource::InputFile(path)),
-            (_, Some(text)) => Ok(PromptSource::Text(text)),
-            (None, None) => Err(anyhow::anyhow!("generate needs --input or --prompt")),
+        } => match (input, prompt, image) {
+            (Some(path), _, _) => Ok(PromptSource::InputFile(path)),
+            (_, Some(text), Some(image)) => Ok(PromptSource::TextAndImage { text, image }),
+            (_, Some(text), None) => Ok(PromptSource::Text(text)),
+            (None, None, _) => Err(anyhow::anyhow!("generate needs --input or --prompt")),
         }
         .and_then(|source| {
             run::generate(
