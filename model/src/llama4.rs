@@ -2,10 +2,11 @@
 
 use l4_core::{DType, Device, Error, Result, Tensor};
 use l4_kernels::ops;
+use l4_kernels::quant::{Granularity, Quantized};
 
 use crate::kv_cache::KvCache;
 use crate::parts::attention::{AttentionContext, AttentionShape, AttentionWeights, StepMasks, attention_forward};
-use crate::parts::fp8::Fp8Mode;
+use crate::parts::fp8::{Fp8Linear, Fp8Mode};
 use crate::parts::linear::Linear;
 use crate::parts::mlp::SwiGlu;
 use crate::parts::moe::{Experts, Moe};
@@ -86,6 +87,31 @@ fn swiglu(
     })
 }
 
+/// Layer `i`'s routed experts: HF's fused tensors, or, in a pre-quantized checkpoint, one e4m3
+/// linear triple per expert (gate and up joined into one `d -> 2f` layer, gate rows first).
+fn experts(source: &mut dyn WeightSource, names: &WeightNames, i: usize, [e, d, f]: [usize; 3]) -> Result<Experts> {
+    if !source.has(&names.expert_linear(i, 0, "gate_proj")) {
+        return Ok(Experts::Fused {
+            gate_up: source.take(&names.layer(i, "feed_forward.experts.gate_up_proj"), &[e, d, 2 * f])?,
+            down: source.take(&names.layer(i, "feed_forward.experts.down_proj"), &[e, f, d])?,
+        });
+    }
+    let (mut gate_up, mut down) = (Vec::with_capacity(e), Vec::with_capacity(e));
+    for j in 0..e {
+        let gate = source.take_fp8(&names.expert_linear(i, j, "gate_proj"), &[f, d])?;
+        let up = source.take_fp8(&names.expert_linear(i, j, "up_proj"), &[f, d])?;
+        let joined = Quantized {
+            values: ops::cat(&[&gate.values, &up.values], 0)?,
+            scales: ops::cat(&[&gate.scales, &up.scales], 0)?,
+            granularity: Granularity::PerRow,
+        };
+        gate_up.push(Linear::from_fp8(Fp8Linear::from_quantized(joined)?));
+        let down_j = source.take_fp8(&names.expert_linear(i, j, "down_proj"), &[d, f])?;
+        down.push(Linear::from_fp8(Fp8Linear::from_quantized(down_j)?));
+    }
+    Ok(Experts::PerExpert { gate_up, down })
+}
+
 impl Llama4 {
     /// Builds the model of `spec`, asking `source` for every tensor named by `names`.
     pub fn build(
@@ -116,11 +142,7 @@ impl Llama4 {
                     let (e, f) = (moe.num_experts, moe.expert_intermediate);
                     FfnBlock::Moe(Box::new(Moe {
                         router: linear(source, names.layer(i, "feed_forward.router.weight"), vec![e, d])?,
-                        experts: Experts::Fused {
-                            gate_up: source
-                                .take(&names.layer(i, "feed_forward.experts.gate_up_proj"), &[e, d, 2 * f])?,
-                            down: source.take(&names.layer(i, "feed_forward.experts.down_proj"), &[e, f, d])?,
-                        },
+                        experts: experts(source, names, i, [e, d, f])?,
                         shared: match moe.shared_intermediate {
                             Some(fs) => Some(swiglu(source, names, i, "feed_forward.shared_expert.", d, fs)?),
                             None => None,
@@ -313,6 +335,23 @@ impl Llama4 {
         output.logits = self.lm_head.forward(&ops::rms_norm(&h, Some(&self.final_norm), eps)?)?;
         Ok(output)
     }
+    /// Whether any weight runs in FP8.
+    pub fn holds_fp8(&self) -> bool {
+        let fp8_mlp = |m: &SwiGlu| m.gate.is_fp8() || m.up.is_fp8() || m.down.is_fp8();
+        self.layers.iter().any(|layer| {
+            let a = &layer.attention;
+            let attention = a.q.is_fp8() || a.k.is_fp8() || a.v.is_fp8() || a.o.is_fp8();
+            let ffn = match &layer.ffn {
+                FfnBlock::Dense(mlp) => fp8_mlp(mlp),
+                FfnBlock::Moe(moe) => {
+                    moe.shared.as_ref().is_some_and(fp8_mlp)
+                        || matches!(&moe.experts, Experts::PerExpert { gate_up, .. } if gate_up.iter().any(Linear::is_fp8))
+                }
+            };
+            attention || ffn
+        })
+    }
+
     /// The same model with the weights `mode` selects held in e4m3, run in FP8 (`experts`,
     /// `all`) or dequantized into the compute dtype (`dequant`); `none` changes nothing. The
     /// router, the embedding and the lm_head always stay in the compute dtype.
@@ -322,6 +361,11 @@ impl Llama4 {
         let convert = |l: &Linear| match mode.dequantizes() {
             true => l.to_dequantized(dtype),
             false => l.to_fp8(),
+        };
+        // Weights stored in FP8 run in FP8 unless the mode asks for the compute dtype.
+        let stored = |l: &Linear| match mode.dequantizes() && l.is_fp8() {
+            true => l.to_dequantized(dtype),
+            false => Ok(l.clone()),
         };
         let convert_mlp = |m: &SwiGlu| -> Result<SwiGlu> {
             Ok(SwiGlu {
@@ -348,10 +392,12 @@ impl Llama4 {
                     }
                 }
             }
-            if let FfnBlock::Moe(moe) = &mut layer.ffn
-                && mode.quantizes_experts(i, num_layers)
-            {
-                moe.experts = moe.experts.map_linears(convert)?;
+            if let FfnBlock::Moe(moe) = &mut layer.ffn {
+                if mode.quantizes_experts(i, num_layers) {
+                    moe.experts = moe.experts.map_linears(convert)?;
+                } else if let Experts::PerExpert { .. } = moe.experts {
+                    moe.experts = moe.experts.map_linears(stored)?;
+                }
             }
         }
         Ok(self)

@@ -8,6 +8,7 @@ use l4_core::{DType, Device, Error, Result};
 
 use crate::hf_config::{HfArchitecture, HfConfig, HfMultimodalConfig};
 use crate::llama4::Llama4;
+use crate::parts::fp8::Fp8Mode;
 use crate::presets::{PRESETS, preset};
 use crate::spec::ModelSpec;
 use crate::vision::{VisionModel, VisionSpec};
@@ -45,6 +46,24 @@ pub fn resolve_vision(model: &str, text: &ModelSpec) -> Result<Option<VisionSpec
     HfMultimodalConfig::read(&config_path)?
         .map(|cfg| VisionSpec::from_hf(&cfg, text.hidden_size, &config_path))
         .transpose()
+}
+
+/// Loads `model` and applies `fp8` (see [`Fp8Mode`]); `None` keeps the checkpoint as stored: a
+/// float checkpoint in `dtype`, a pre-quantized one with its FP8 experts running in FP8 (which
+/// needs an f32 or bf16 compute dtype).
+pub fn load_with(model: &str, dtype: DType, device: Device, fp8: Option<Fp8Mode>) -> Result<Llama4> {
+    let loaded = load(model, dtype, device)?;
+    let loaded = match fp8 {
+        Some(mode) => loaded.with_fp8(mode)?,
+        None => loaded,
+    };
+    if loaded.holds_fp8() && !matches!(dtype, DType::F32 | DType::BF16) {
+        return Err(Error::invalid(
+            "load",
+            format!("{model} stores FP8 experts, which compute in f32 or bf16, not {dtype}; use --fp8 dequant"),
+        ));
+    }
+    Ok(loaded)
 }
 
 /// Loads `model` (a checkpoint folder or a preset name) in `dtype` on `device`, with its vision

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 
 use l4_core::checkpoint::Checkpoint;
 use l4_core::{DType, Device, Error, Result, Tensor};
+use l4_kernels::quant::{Granularity, Quantized};
 
 use crate::hf_config::HfArchitecture;
 use crate::spec::{Ffn, ModelSpec};
@@ -57,6 +58,13 @@ impl WeightNames {
     /// A tensor of layer `i`, `suffix` relative to the layer (e.g. `self_attn.q_proj.weight`).
     pub fn layer(&self, i: usize, suffix: &str) -> String {
         format!("{}layers.{i}.{suffix}", self.model)
+    }
+
+    /// Expert `j`'s `proj` (`gate_proj`, `up_proj`, `down_proj`) weight of layer `i` in the
+    /// per-expert layout of pre-quantized FP8 checkpoints (HF `nn.Linear`, `[out, in]`); its
+    /// scales are `{name}_scale`.
+    pub fn expert_linear(&self, i: usize, j: usize, proj: &str) -> String {
+        self.layer(i, &format!("feed_forward.experts.{j}.{proj}.weight"))
     }
 
     /// Every tensor the text model of `spec` reads, with its shape, in load order.
@@ -290,6 +298,17 @@ impl VisionTensor {
 pub trait WeightSource {
     /// The tensor `name` of `shape`, in `dtype` on `device`.
     fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor>;
+
+    /// Whether the source holds `name` (for optional layouts, such as per-expert FP8 weights).
+    fn has(&self, _name: &str) -> bool {
+        false
+    }
+
+    /// The e4m3 weight `name` of `shape` `[out, in]` with its per-output-channel scales
+    /// (`{name}_scale`), on the device, as stored. Sources without FP8 tensors fail.
+    fn take_fp8(&mut self, name: &str, _shape: &[usize]) -> Result<Quantized> {
+        Err(Error::invalid("load", format!("no FP8 tensor {name:?} in this source")))
+    }
 }
 
 /// Tensors from a safetensors checkpoint, converted to the compute dtype.
@@ -344,6 +363,54 @@ impl<'a> CheckpointSource<'a> {
 }
 
 impl WeightSource for CheckpointSource<'_> {
+    fn has(&self, name: &str) -> bool {
+        self.checkpoint.contains(name)
+    }
+
+    /// Compressed-tensors layout: `name` holds F8_E4M3 codes `[out, in]`, `{name}_scale` one
+    /// float per output channel (`[out, 1]` or `[out]`, f32/bf16/f16), `W ≈ codes · scale`.
+    fn take_fp8(&mut self, name: &str, shape: &[usize]) -> Result<Quantized> {
+        let info = self.checkpoint.info(name)?;
+        if info.dtype != DType::F8E4M3 {
+            return Err(Error::file(
+                &info.file,
+                format!("tensor {name:?} has dtype {}, expected F8_E4M3 codes", info.dtype),
+            ));
+        }
+        let codes = self.checkpoint.load_expect(name, shape, DType::F8E4M3, Device::Cpu)?;
+        let scale_name = format!("{name}_scale");
+        let scale_info = self.checkpoint.info(&scale_name)?;
+        let out = shape[0];
+        let per_channel = scale_info.shape == [out, 1] || scale_info.shape == [out];
+        if !per_channel || !matches!(scale_info.dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(Error::file(
+                &scale_info.file,
+                format!(
+                    "tensor {scale_name:?} is {} {:?}, expected one float per output channel ([{out}, 1])",
+                    scale_info.dtype, scale_info.shape
+                ),
+            ));
+        }
+        let scales = self
+            .checkpoint
+            .load(&scale_name, Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .reshape(&[out, 1])?;
+        if let Some(bad) = scales.to_f32_vec()?.into_iter().find(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(Error::file(
+                &scale_info.file,
+                format!("tensor {scale_name:?} holds the scale {bad}; scales must be finite and > 0"),
+            ));
+        }
+        self.consumed.insert(name.to_string());
+        self.consumed.insert(scale_name);
+        Ok(Quantized {
+            values: codes.to_device(self.device)?,
+            scales: scales.to_device(self.device)?,
+            granularity: Granularity::PerRow,
+        })
+    }
+
     fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let info = self.checkpoint.info(name)?;
         if !matches!(info.dtype, DType::F32 | DType::F16 | DType::BF16) {

@@ -91,3 +91,105 @@ fn fp8_modes_parse_and_check_the_compute_dtype() {
     assert!(!Fp8Mode::Experts.quantizes_experts(0, 4) && !Fp8Mode::Experts.quantizes_experts(3, 4));
     assert!(Fp8Mode::Experts.quantizes_experts(1, 4) && Fp8Mode::All.quantizes_experts(0, 4));
 }
+
+/// tiny-scout-fp8 (tools/make_fp8_fixture.py) stores layers 1 and 2's experts as e4m3 codes
+/// with per-channel scales made by the same rule l4lab's quantizer follows, so loading it gives
+/// exactly the model that quantizing tiny-scout itself gives: bit-identical logits, in FP8 and
+/// dequantized.
+#[test]
+fn a_pre_quantized_checkpoint_loads_as_the_quantized_float_one() {
+    let (float_dir, fp8_dir) = (fixture_dir("tiny-scout"), fixture_dir("tiny-scout-fp8"));
+    let ids = Checkpoint::open(float_dir.join("expected.safetensors"))
+        .unwrap()
+        .load("input_ids", Device::Cpu)
+        .unwrap();
+    for device in test_devices() {
+        let load = |dir: &PathBuf, mode: Option<Fp8Mode>| {
+            loader::load_with(dir.to_str().unwrap(), DType::F32, device, mode).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let stored = load(&fp8_dir, None);
+        assert!(stored.holds_fp8());
+        let quantized_here = load(&float_dir, Some(Fp8Mode::Experts));
+        assert_eq!(
+            logits(&stored, &ids),
+            logits(&quantized_here, &ids),
+            "{device}: FP8 as stored"
+        );
+        let dequantized_here = logits(&load(&float_dir, Some(Fp8Mode::Dequant)), &ids);
+        for mode in [Fp8Mode::Dequant, Fp8Mode::None] {
+            let model = load(&fp8_dir, Some(mode));
+            assert!(!model.holds_fp8(), "{device} {mode}");
+            assert_eq!(logits(&model, &ids), dequantized_here, "{device}: --fp8 {mode}");
+        }
+    }
+    // FP8 experts cannot write f16.
+    let err = loader::load_with(fp8_dir.to_str().unwrap(), DType::F16, Device::Cpu, None).unwrap_err();
+    assert!(err.to_string().contains("dequant"), "{err}");
+    assert!(
+        loader::load_with(
+            fp8_dir.to_str().unwrap(),
+            DType::F16,
+            Device::Cpu,
+            Some(Fp8Mode::Dequant)
+        )
+        .is_ok()
+    );
+}
+
+/// A copy of tiny-scout-fp8 with its tensors passed through `edit` (name → tensor, or dropped).
+fn edited_fp8_checkpoint(edit: impl Fn(&str, Tensor) -> Option<Tensor>) -> tempfile::TempDir {
+    let src = fixture_dir("tiny-scout-fp8");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    let checkpoint = Checkpoint::open(src.join("model.safetensors")).unwrap();
+    let tensors: Vec<(String, Tensor)> = checkpoint
+        .names()
+        .into_iter()
+        .filter_map(|n| edit(n, checkpoint.load(n, Device::Cpu).unwrap()).map(|t| (n.to_string(), t)))
+        .collect();
+    let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    l4_core::checkpoint::save_safetensors(dir.path().join("model.safetensors"), &refs, None).unwrap();
+    dir
+}
+
+#[test]
+fn bad_fp8_tensors_are_errors_naming_them() {
+    let scale = "model.layers.1.feed_forward.experts.2.up_proj.weight_scale";
+    let codes = "model.layers.2.feed_forward.experts.0.down_proj.weight";
+    type Edit = Box<dyn Fn(&str, Tensor) -> Option<Tensor>>;
+    let cases: Vec<(Edit, &str)> = vec![
+        (Box::new(move |n, t| (n != scale).then_some(t)), scale),
+        (
+            Box::new(move |n, t| {
+                Some(if n == scale {
+                    t.narrow(0, 0, 3).unwrap().contiguous().unwrap()
+                } else {
+                    t
+                })
+            }),
+            scale,
+        ),
+        (
+            Box::new(move |n, t| {
+                Some(if n == scale {
+                    Tensor::zeros(t.shape(), DType::F32, Device::Cpu).unwrap()
+                } else {
+                    t
+                })
+            }),
+            "scale 0",
+        ),
+        (
+            Box::new(move |n, t| Some(if n == codes { t.to_dtype(DType::F32).unwrap() } else { t })),
+            codes,
+        ),
+    ];
+    for (edit, needle) in cases {
+        let dir = edited_fp8_checkpoint(edit);
+        let err = loader::load_with(dir.path().to_str().unwrap(), DType::F32, Device::Cpu, None)
+            .err()
+            .unwrap_or_else(|| panic!("loading with a bad {needle} succeeded"))
+            .to_string();
+        assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    }
+}
