@@ -40,7 +40,12 @@ pub fn bench(options: &RunOptions, bench: &BenchOptions) -> Result<String> {
         bail!("--prompt-len and --repeats must be at least 1");
     }
     let loading = Instant::now();
-    let model = l4_model::loader::load(&options.model, options.dtype, options.device.ensure_usable()?)?;
+    let model = l4_model::loader::load_with(
+        &options.model,
+        options.dtype,
+        options.device.ensure_usable()?,
+        options.fp8,
+    )?;
     let load_seconds = loading.elapsed().as_secs_f64();
     let vocab = model.spec().vocab_size;
     // A seeded prompt of uniformly random token ids.
@@ -93,7 +98,8 @@ pub fn bench(options: &RunOptions, bench: &BenchOptions) -> Result<String> {
         Device::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
         Device::Cuda(ordinal) => format!("{} ({})", model.device(), l4_core::cuda::backend(ordinal)?.info().name),
     };
-    let _ = writeln!(out, "model {} on {where_}, {}", options.model, options.dtype);
+    let fp8 = options.fp8.map_or(String::new(), |mode| format!(", --fp8 {mode}"));
+    let _ = writeln!(out, "model {} on {where_}, {}{fp8}", options.model, options.dtype);
     let _ = writeln!(out, "load            {load_seconds:8.3} s");
     let _ = writeln!(
         out,

@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use l4_core::checkpoint::{Checkpoint, save_safetensors};
 use l4_core::{DType, Device, Tensor};
 use l4_model::generate::{GreedyOptions, greedy_with_images};
+use l4_model::parts::fp8::Fp8Mode;
 use l4_model::vision::fusion::count_image_tokens;
 use l4_model::vision::image_file::read_image;
 use l4_model::vision::layout::{expand_prompt, image_text};
@@ -26,6 +27,8 @@ pub struct RunOptions {
     pub device: Device,
     /// Compute dtype.
     pub dtype: DType,
+    /// FP8 weights (`None`: the checkpoint as stored).
+    pub fp8: Option<Fp8Mode>,
 }
 
 /// Reads `input_ids` (I64 or I32 `[b, t]`) from a safetensors file, checking ids against the
@@ -123,7 +126,13 @@ fn read_inputs(path: &Path, model: &Llama4) -> Result<(Tensor, Option<Tensor>)> 
 }
 
 fn load_model(options: &RunOptions) -> Result<Llama4> {
-    loader::load(&options.model, options.dtype, options.device.ensure_usable()?).map_err(Into::into)
+    loader::load_with(
+        &options.model,
+        options.dtype,
+        options.device.ensure_usable()?,
+        options.fp8,
+    )
+    .map_err(Into::into)
 }
 
 fn check_output_path(path: &Path) -> Result<()> {

@@ -551,6 +551,39 @@ fn max_new_tokens_that_is_not_a_number_is_an_error_naming_the_flag() {
 }
 
 #[test]
+fn fp8_modes_run_and_unknown_ones_are_errors_naming_the_flag() {
+    let s = Scratch::new();
+    s.both_fail(|a| set(a, "--fp8", "fp4"), &["--fp8", "fp4"]);
+    // FP8 GEMMs write f32 or bf16, not f16.
+    s.both_fail(
+        |a| {
+            set(a, "--fp8", "experts");
+            set(a, "--dtype", "f16");
+        },
+        &["f16"],
+    );
+    for mode in ["none", "experts", "all", "dequant"] {
+        let mut argv = s.logits_args();
+        set(&mut argv, "--fp8", mode);
+        set(
+            &mut argv,
+            "--output",
+            s.path(&format!("out/{mode}.safetensors")).into_os_string(),
+        );
+        assert_succeeded(&argv, &l4(&argv));
+        let logits = Checkpoint::open(s.path(&format!("out/{mode}.safetensors")))
+            .unwrap()
+            .load("logits", Device::Cpu)
+            .unwrap();
+        assert_eq!(logits.shape(), &[2, 30, fixture_vocab()], "--fp8 {mode}");
+        assert!(
+            logits.to_f64_vec().unwrap().iter().all(|v| v.is_finite()),
+            "--fp8 {mode}"
+        );
+    }
+}
+
+#[test]
 fn unknown_device_or_dtype_is_an_error_naming_the_flag_and_value() {
     let s = Scratch::new();
     s.both_fail(|a| set(a, "--device", "gpu"), &["--device", "gpu"]);

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use l4_core::{DType, Device};
 use l4_experiments::bench::{self, BenchOptions};
 use l4_experiments::run::{self, PromptSource, RunOptions};
+use l4_model::parts::fp8::Fp8Mode;
 
 /// l4lab: a research framework for Llama 4 with hand-written CUDA kernels.
 #[derive(Debug, Parser)]
@@ -29,6 +30,12 @@ struct ModelArgs {
     /// Compute dtype: f32 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: DType,
+    /// FP8 weights: none, experts (Meta's recipe: routed experts of all but the first and
+    /// last layer, per-channel weights, per-token activations), all (every projection), or
+    /// dequant (the recipe's weights rounded through e4m3, run in the compute dtype). Default:
+    /// the checkpoint as stored (a pre-quantized one runs its FP8 experts in FP8).
+    #[arg(long)]
+    fp8: Option<Fp8Mode>,
 }
 
 impl ModelArgs {
@@ -37,6 +44,7 @@ impl ModelArgs {
             model: self.model.clone(),
             device: self.device,
             dtype: self.dtype,
+            fp8: self.fp8,
         }
     }
 }
