@@ -135,7 +135,7 @@ impl Encoder {
             s.hidden_size,
         );
         // Unfold: patch (py, px) row-major, each flattened in (channel, ky, kx) order.
-        let unfolded = pixel_values
+        let unfolded = ops::contiguous(pixel_values)?
             .reshape(&[n, c, g, p, g, p])?
             .permute(&[0, 2, 4, 1, 3, 5])?; // [n, g, g, c, p, p]
         let patches = ops::contiguous(&unfolded)?.reshape(&[n, g * g, c * p * p])?;
