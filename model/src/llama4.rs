@@ -250,7 +250,7 @@ impl Llama4 {
                 ),
             ));
         }
-        let features = vision.forward(pixel_values, self.dtype, self.device)?.features;
+        let features = vision.forward(pixel_values)?.features;
         fusion::scatter_image_features(&embeddings, ids, spec.image_token_id, &features)
     }
 

@@ -127,7 +127,7 @@ fn adapter_output_features_fused_embeddings_and_logits_match_hf() {
         let ids = expected(fixture, "input_ids");
         let pixel_values = expected(fixture, "pixel_values");
         let vision = model.vision().expect("a multimodal fixture has a vision tower");
-        let out = vision.forward(&pixel_values, DType::F32, device).unwrap();
+        let out = vision.forward(&pixel_values).unwrap();
         check(
             &name("vision_adapter_output"),
             &out.adapter_output,
@@ -384,12 +384,7 @@ fn fused_embeddings_are_the_features_on_image_tokens_and_embeddings_elsewhere() 
             .to_vec::<f32>()
             .unwrap();
         let plain = model.embed(&ids).unwrap().to_vec::<f32>().unwrap();
-        let features = vision
-            .forward(&pixel_values, DType::F32, Device::Cpu)
-            .unwrap()
-            .features
-            .to_vec::<f32>()
-            .unwrap();
+        let features = vision.forward(&pixel_values).unwrap().features.to_vec::<f32>().unwrap();
         let d = model.spec().hidden_size;
         let mut k = 0;
         for (row, id) in ids.to_vec::<i64>().unwrap().into_iter().enumerate() {

@@ -43,6 +43,8 @@ pub struct VisionOutput {
 #[derive(Debug)]
 pub struct VisionModel {
     spec: VisionSpec,
+    dtype: DType,
+    device: Device,
     encoder: encoder::Encoder,
     adapter: adapter::Adapter,
     projector: projector::Projector,
@@ -57,6 +59,8 @@ impl VisionModel {
         let projector = projector::Projector::build(&spec, source)?;
         Ok(VisionModel {
             spec,
+            dtype,
+            device,
             encoder,
             adapter,
             projector,
@@ -68,9 +72,10 @@ impl VisionModel {
         &self.spec
     }
 
-    /// `pixel_values [n, c, px, px]` (any float dtype, any device) → features of every tile.
-    pub fn forward(&self, pixel_values: &Tensor, dtype: DType, device: Device) -> Result<VisionOutput> {
-        let pixel_values = l4_kernels::ops::cast(&pixel_values.to_device(device)?, dtype)?;
+    /// `pixel_values [n, c, px, px]` (any float dtype, any device) → features of every tile, in
+    /// the weights' dtype on their device.
+    pub fn forward(&self, pixel_values: &Tensor) -> Result<VisionOutput> {
+        let pixel_values = l4_kernels::ops::cast(&pixel_values.to_device(self.device)?, self.dtype)?;
         let encoded = self.encoder.forward(&pixel_values)?; // [n, np, dv]
         let adapter_output = self.adapter.forward(&encoded)?; // [n, tv, do]
         let width = self.spec.output_dim;

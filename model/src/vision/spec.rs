@@ -112,7 +112,8 @@ impl VisionSpec {
         let grid = image_size / patch_size;
         let ratio = v.pixel_shuffle_ratio.unwrap_or(0.5);
         let factor = (1.0 / ratio).round();
-        if !(ratio > 0.0 && ratio <= 1.0 && (factor * ratio - 1.0).abs() < 1e-9 && grid.is_multiple_of(factor as usize)) {
+        let whole = ratio > 0.0 && ratio <= 1.0 && (factor * ratio - 1.0).abs() < 1e-9;
+        if !whole || !grid.is_multiple_of(factor as usize) {
             return Err(field_error(
                 path,
                 "pixel_shuffle_ratio",
