@@ -59,54 +59,51 @@ pub struct Encoder {
     rope: Rope2d,
 }
 
+fn biased(source: &mut dyn WeightSource, spec: &VisionSpec, i: usize, w: T, b: T) -> Result<BiasedLinear> {
+    Ok(BiasedLinear {
+        linear: Linear::from_hf_weight(&VisionTensor::Layer(i, w).take(source, spec)?)?,
+        bias: VisionTensor::Layer(i, b).take(source, spec)?,
+    })
+}
+
+fn norm(
+    source: &mut dyn WeightSource,
+    spec: &VisionSpec,
+    weight: VisionTensor,
+    bias: VisionTensor,
+) -> Result<LayerNorm> {
+    Ok(LayerNorm {
+        weight: weight.take(source, spec)?,
+        bias: bias.take(source, spec)?,
+    })
+}
+
 impl Encoder {
     /// Reads the encoder of `spec` from `source`; `rope` is the 2-D RoPE table on the weights'
     /// device.
     pub fn build(spec: &VisionSpec, source: &mut dyn WeightSource, rope: Rope2d) -> Result<Self> {
-        let mut take = |t: VisionTensor| t.take(source, spec);
-        let patch_embedding = Linear::from_hf_weight(&take(VisionTensor::PatchEmbedding)?)?;
-        let class_embedding = take(VisionTensor::ClassEmbedding)?;
-        let positions = take(VisionTensor::PositionEmbedding)?;
-        let pre_norm = LayerNorm {
-            weight: take(VisionTensor::PreNormWeight)?,
-            bias: take(VisionTensor::PreNormBias)?,
+        let patch_embedding = Linear::from_hf_weight(&VisionTensor::PatchEmbedding.take(source, spec)?)?;
+        let class_embedding = VisionTensor::ClassEmbedding.take(source, spec)?;
+        let positions = VisionTensor::PositionEmbedding.take(source, spec)?;
+        let pre_norm = norm(source, spec, VisionTensor::PreNormWeight, VisionTensor::PreNormBias)?;
+        let layer_norm = |source: &mut dyn WeightSource, i: usize, w: T, b: T| {
+            norm(source, spec, VisionTensor::Layer(i, w), VisionTensor::Layer(i, b))
         };
-        let mut layers = Vec::with_capacity(spec.num_layers);
-        for i in 0..spec.num_layers {
-            let mut take = |t: T| VisionTensor::Layer(i, t).take(source, spec);
-            let mut biased = |w: T, b: T| -> Result<BiasedLinear> {
-                Ok(BiasedLinear {
-                    linear: Linear::from_hf_weight(&take(w)?)?,
-                    bias: take(b)?,
+        let layers = (0..spec.num_layers)
+            .map(|i| {
+                Ok(EncoderLayer {
+                    input_norm: layer_norm(source, i, T::InputNormWeight, T::InputNormBias)?,
+                    q: biased(source, spec, i, T::QWeight, T::QBias)?,
+                    k: biased(source, spec, i, T::KWeight, T::KBias)?,
+                    v: biased(source, spec, i, T::VWeight, T::VBias)?,
+                    o: biased(source, spec, i, T::OWeight, T::OBias)?,
+                    post_attention_norm: layer_norm(source, i, T::PostAttentionNormWeight, T::PostAttentionNormBias)?,
+                    fc1: biased(source, spec, i, T::Fc1Weight, T::Fc1Bias)?,
+                    fc2: biased(source, spec, i, T::Fc2Weight, T::Fc2Bias)?,
                 })
-            };
-            let q = biased(T::QWeight, T::QBias)?;
-            let k = biased(T::KWeight, T::KBias)?;
-            let v = biased(T::VWeight, T::VBias)?;
-            let o = biased(T::OWeight, T::OBias)?;
-            let fc1 = biased(T::Fc1Weight, T::Fc1Bias)?;
-            let fc2 = biased(T::Fc2Weight, T::Fc2Bias)?;
-            let mut norm = |w: T, b: T| -> Result<LayerNorm> {
-                Ok(LayerNorm {
-                    weight: VisionTensor::Layer(i, w).take(source, spec)?,
-                    bias: VisionTensor::Layer(i, b).take(source, spec)?,
-                })
-            };
-            layers.push(EncoderLayer {
-                input_norm: norm(T::InputNormWeight, T::InputNormBias)?,
-                post_attention_norm: norm(T::PostAttentionNormWeight, T::PostAttentionNormBias)?,
-                q,
-                k,
-                v,
-                o,
-                fc1,
-                fc2,
-            });
-        }
-        let post_norm = LayerNorm {
-            weight: VisionTensor::PostNormWeight.take(source, spec)?,
-            bias: VisionTensor::PostNormBias.take(source, spec)?,
-        };
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let post_norm = norm(source, spec, VisionTensor::PostNormWeight, VisionTensor::PostNormBias)?;
         Ok(Encoder {
             spec: spec.clone(),
             patch_embedding,
