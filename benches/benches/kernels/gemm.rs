@@ -1,4 +1,4 @@
-//! GEMM benchmarks at Llama 4 shapes: `l4_kernels::matmul::matmul` in bf16, which is cuBLASLt
+//! bf16 GEMM benchmarks at Llama 4 shapes: `l4_kernels::matmul::matmul` in bf16, which is cuBLASLt
 //! on CUDA (the vendor baseline l4's own GEMM kernels will be measured against).
 //!
 //! The table is Scout's forward pass (`shapes::gpu_gemm_shapes`, derived from the preset):
@@ -13,15 +13,13 @@
 //! code runs on the CPU backend at the tiny preset's shapes (`cpu/matmul_bf16/tiny/...`), so a
 //! dry run exercises it.
 
-use std::process::ExitCode;
-
 use criterion::Criterion;
 use l4_benches::runner::{self, bench_op, randn, setup};
 use l4_benches::shapes::{CPU_PRESET, MatmulShape, gemm_shapes, gpu_gemm_shapes};
 use l4_benches::units;
 use l4_core::{DType, Device, Tensor};
 
-fn matmul_bf16(c: &mut Criterion) {
+pub fn matmul_bf16(c: &mut Criterion) {
     for device in runner::devices() {
         let (group_name, shapes) = if device.is_cuda() {
             (format!("{device}/cublaslt_matmul_bf16"), gpu_gemm_shapes())
@@ -71,11 +69,4 @@ fn matmul_bf16(c: &mut Criterion) {
 fn inputs(w: &Tensor, m: usize, k: usize, device: Device) -> l4_core::Result<(Tensor, Tensor)> {
     let a = randn(&[m, k], DType::BF16, 1, device)?;
     Ok((a, w.transpose(0, 1)?))
-}
-
-fn main() -> ExitCode {
-    let mut c = Criterion::default().configure_from_args();
-    matmul_bf16(&mut c);
-    c.final_summary();
-    runner::exit_status()
 }

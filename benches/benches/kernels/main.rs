@@ -1,16 +1,24 @@
-//! Benchmarks of l4's own CUDA kernels (and their CPU references), on every device found.
+//! The GPU benches (and their CPU runs), one binary so the packed bundle stays small:
 //!
 //! * `vector_add` (the pipeline's smoke kernel), a pure bandwidth test;
 //! * the memory-bound ops of a Llama 4 layer at Scout's shapes (`shapes::ModelDims`, derived
 //!   from the preset): RMSNorm over width-`d` rows, softmax over attention-score rows, RoPE on
 //!   q and k, the embedding gather, the bf16 → FP8 e4m3 cast, SwiGLU's silu and multiply, and
-//!   top-k (the router's and greedy decoding's over the vocabulary).
+//!   top-k (the router's and greedy decoding's over the vocabulary);
+//! * the bf16 GEMMs at Scout's forward-pass shapes ([`gemm`], cuBLASLt on CUDA);
+//! * the FP8 GEMMs at the same shapes ([`fp8_gemm`]: l4's kernel with row-wise and block
+//!   scales, cuBLASLt's FP8 GEMM), last, so a fault in the newest kernel cannot take the other
+//!   figures with it.
 //!
-//! Each reports bytes/s of compulsory traffic (every input read once, the output written once;
-//! `units`), which compares directly with the card's HBM bandwidth (H100 SXM: 3.35 TB/s, H200:
-//! 4.8 TB/s on the datasheets). Ids: `<device>/<op>/<dtype>/<dims>`; `cargo bench -- cuda` runs
-//! only the GPU ones. The GEMMs are in the `gemm` bench. On the CPU the same entries run at the
-//! tiny preset's shapes (the existing vector_add and RMSNorm entries keep their sizes).
+//! The memory-bound ops report bytes/s of compulsory traffic (every input read once, the output
+//! written once; `units`), which compares directly with the card's HBM bandwidth (H100 SXM:
+//! 3.35 TB/s, H200: 4.8 TB/s on the datasheets). Ids: `<device>/<op>/<dtype>/<dims>`;
+//! `cargo bench -- cuda` runs only the GPU ones. On the CPU the same entries run at the tiny
+//! preset's shapes (the existing vector_add and RMSNorm entries keep their sizes), so a dry run
+//! exercises every bench's code. docs/benchmarks.md says what each measures.
+
+mod fp8_gemm;
+mod gemm;
 
 use std::process::ExitCode;
 
@@ -357,6 +365,8 @@ fn main() -> ExitCode {
     cast_to_fp8(&mut c);
     swiglu_elementwise(&mut c);
     topk_rows(&mut c);
+    gemm::matmul_bf16(&mut c);
+    fp8_gemm::fp8_gemms(&mut c);
     c.final_summary();
     runner::exit_status()
 }
