@@ -7,8 +7,8 @@ Reads, all from the run's output folder (each part is optional):
 
 * criterion/**/new/{benchmark,estimates}.json: every l4 bench entry (ids `<device>/<op>/...`);
   the median time per repetition, and throughput from criterion's "elements" and "bytes"
-  (elements are FLOPs in the GEMM groups, whose names contain `matmul`; tensor elements
-  elsewhere, where bytes/s is the figure that counts: benches/src/units.rs);
+  (elements are FLOPs in the GEMM groups, whose names contain `matmul` or `gemm`; tensor
+  elements elsewhere, where bytes/s is the figure that counts: benches/src/units.rs);
 * peers.json from tools/peer_baselines.py: PyTorch peers at the same shapes, joined on the l4 id;
   `l4/peer` is the peer's median time over l4's (above 1: l4 is faster);
 * e2e.log (the `l4 bench` output) and summary.txt (run.sh's PASS/FAIL lines), printed last;
@@ -177,85 +177,148 @@ def summarize(out_dir, since=None):
     hidden = len(results) - len(shown)
     peer_rows = (peers or {}).get("results") or []
     by_l4 = {r["l4_id"]: r for r in peer_rows if r.get("l4_id")}
-    fp8 = {
-        tuple(r["shape"]): r
-        for r in peer_rows
-        if r.get("op", "").startswith("torch._scaled_mm") and r.get("shape")
-    }
+    by_shape = {}
+    for r in peer_rows:
+        op = str(r.get("op", ""))
+        if r.get("shape") and (op == "torch.matmul" or op.startswith("torch._scaled_mm")):
+            by_shape[(op.split(" ")[0], tuple(r["shape"]))] = r
+    joined = set()  # peers shown beside an l4 entry, not repeated in the last table
+
+    def peer(l4_id=None, key=None):
+        p = by_l4.get(l4_id) if l4_id else None
+        if p is None and key is not None:
+            p = by_shape.get(key)
+        if p is not None:
+            joined.add(id(p))
+        return p
+
+    def peer_seconds(p):
+        return p["ms"] / 1e3 if p and p.get("status") == "ok" else None
 
     def peer_cells(l4_id, l4_seconds):
-        p = by_l4.get(l4_id)
+        p = peer(l4_id)
         if not p:
             return ["-", "-", "-"]
         if p.get("status") != "ok":
             return [p.get("op", "peer"), "unavailable", "-"]
         return [p.get("op", "peer"), fmt_time(p["ms"] / 1e3), ratio(p["ms"] / 1e3, l4_seconds)]
 
-    gemm_rows, op_rows = [], []
-    joined_fp8 = set()  # FP8 peers shown in the GEMM table, not repeated below
+    # GEMM entries, one row per (device, gemm, m×n×k): the bf16 matmul (cuBLASLt on CUDA), l4's FP8
+    # GEMM (row-wise and block scales) and cuBLASLt's FP8 GEMM, beside torch.matmul and
+    # torch._scaled_mm at the same shape.
+    gemm_kinds = {
+        "cublaslt_matmul_bf16": "bf16",
+        "matmul_bf16": "bf16",
+        "fp8_gemm_rowwise": "fp8",
+        "cublaslt_fp8_gemm_rowwise": "fp8_cublaslt",
+        "fp8_gemm_block": "fp8_block",
+    }
+    gemms = {}
+    other_gemm_rows, op_rows = [], []
     for full_id, bench, seconds in shown:
         group = bench.get("group_id", "")
+        device_name, _, group_name = group.partition("/")
         function = bench.get("function_id") or ""
         value = bench.get("value_str") or ""
         elements, bytes_ = throughput(bench)
-        if "matmul" in group:
-            flops = elements
-            fraction, bound = roofline(peaks, flops, bytes_, seconds) if full_id.startswith("cuda") else (None, None)
-            peer = peer_cells(full_id, seconds)
-            shape = None
-            try:
-                shape = tuple(int(x) for x in value.split("x"))
-            except ValueError:
-                pass
-            f8 = fp8.get(shape) if shape else None
-            if f8:
-                joined_fp8.add(id(f8))
-            f8_cells = ["-", "-"]
-            if f8 and f8.get("status") == "ok":
-                f8_cells = [fmt_time(f8["ms"] / 1e3), fmt_fraction(f8.get("peak_fraction"), f8.get("bound"))]
-            elif f8:
-                f8_cells = ["unavailable", "-"]
-            group_name = group.split("/", 1)[-1]
-            gemm_rows.append(
-                [
-                    function if group_name == "cublaslt_matmul_bf16" else f"{group_name}/{function}",
-                    value,
-                    fmt_time(seconds),
-                    fmt_num(flops / seconds / 1e12 if flops else None, ".1f"),
-                    fmt_num(bytes_ / seconds / 1e12 if bytes_ else None, ".2f"),
-                    fmt_fraction(fraction, bound),
-                    peer[1],
-                    peer[2],
-                    *f8_cells,
-                ]
-            )
+        on_cuda = full_id.startswith("cuda")
+        if "matmul" in group or "gemm" in group:
+            flop_key = "fp8_flops" if "fp8" in group else "bf16_flops"
+            fraction, bound = roofline(peaks, elements, bytes_, seconds, flop_key) if on_cuda else (None, None)
+            entry = {"id": full_id, "seconds": seconds, "flops": elements, "fraction": fraction, "bound": bound}
+            kind = gemm_kinds.get(group_name)
+            if kind:
+                gemms.setdefault((device_name, function, value), {})[kind] = entry
+            else:
+                other_gemm_rows.append(
+                    [
+                        f"{group_name}/{function}",
+                        value,
+                        fmt_time(seconds),
+                        fmt_num(elements / seconds / 1e12 if elements else None, ".2f"),
+                        fmt_fraction(fraction, bound),
+                    ]
+                )
         else:
             fraction = None
-            if peaks and bytes_ and full_id.startswith("cuda"):
+            if peaks and bytes_ and on_cuda:
                 fraction = bytes_ / seconds / peaks["hbm_bytes_per_s"]
-            peer = peer_cells(full_id, seconds)
+            cells = peer_cells(full_id, seconds)
             op_rows.append(
                 [
-                    group.split("/", 1)[-1],
+                    group_name,
                     function,
                     value,
                     fmt_time(seconds),
                     fmt_num(bytes_ / seconds / 1e9 if bytes_ else None, ".0f"),
                     fmt_fraction(fraction),
-                    peer[0],
-                    peer[1],
-                    peer[2],
+                    *cells,
                 ]
             )
 
+    gemm_rows = []
+    for (device_name, function, value), kinds in sorted(
+        gemms.items(), key=lambda kv: (kv[0][0], kv[0][1], natural_key(kv[0][2]))
+    ):
+        try:
+            shape = tuple(int(x) for x in value.split("x"))
+        except ValueError:
+            shape = None
+        bf16, fp8, fp8_lt, block = (kinds.get(k) for k in ("bf16", "fp8", "fp8_cublaslt", "fp8_block"))
+        torch_mm = peer(bf16["id"] if bf16 else None, ("torch.matmul", shape))
+        scaled = peer(None, ("torch._scaled_mm", shape))
+
+        def time_cells(e):
+            if not e:
+                return ["-", "-", "-"]
+            tflops = e["flops"] / e["seconds"] / 1e12 if e["flops"] else None
+            return [fmt_time(e["seconds"]), fmt_num(tflops, ".1f"), fmt_fraction(e["fraction"], e["bound"])]
+
+        gemm_rows.append(
+            [
+                function,
+                value,
+                *time_cells(bf16),
+                ratio(peer_seconds(torch_mm), bf16["seconds"]) if bf16 else "-",
+                *time_cells(fp8),
+                ratio(fp8_lt["seconds"], fp8["seconds"]) if fp8 and fp8_lt else "-",
+                fmt_time(peer_seconds(scaled)) if scaled else "-",
+                ratio(peer_seconds(scaled), fp8["seconds"]) if fp8 else "-",
+                fmt_time(block["seconds"]) if block else "-",
+            ]
+        )
+
     device = shown[0][0].split("/", 1)[0] if shown else None
-    md += ["", f"## GEMMs on {device or 'no device'} (l4 matmul, cuBLASLt on CUDA; bf16 in, bf16 out)", ""]
+    md += ["", f"## GEMMs on {device or 'no device'} (bf16 out)", ""]
     if gemm_rows:
+        md.append(
+            "bf16 l4 = l4's bf16 matmul (cuBLASLt on CUDA), l4/torch against torch.matmul; fp8 l4 = l4's FP8 "
+            "GEMM with row-wise scales (of peak against the FP8 peak), against cuBLASLt's FP8 GEMM and "
+            "torch._scaled_mm row-wise; block l4 = l4's FP8 GEMM with 1x128/128x128 block scales"
+        )
+        md.append("")
         md += table(
-            ["gemm", "m×n×k", "l4", "TFLOP/s", "TB/s", "of peak", "torch.matmul", "l4/torch", "fp8 _scaled_mm", "fp8 of peak"],
+            [
+                "gemm",
+                "m×n×k",
+                "bf16 l4",
+                "TFLOP/s",
+                "of peak",
+                "l4/torch",
+                "fp8 l4",
+                "TFLOP/s",
+                "of peak",
+                "l4/cuBLASLt",
+                "_scaled_mm",
+                "l4/_scaled_mm",
+                "block l4",
+            ],
             gemm_rows,
         )
-    else:
+    if other_gemm_rows:
+        md += ["", "other GEMM entries:", ""]
+        md += table(["gemm", "m×n×k", "l4", "TFLOP/s", "of peak"], other_gemm_rows)
+    if not gemm_rows and not other_gemm_rows:
         md.append("no GEMM results")
     md += ["", f"## l4 kernels on {device or 'no device'} (bytes/s of compulsory traffic)", ""]
     if op_rows:
@@ -271,7 +334,7 @@ def summarize(out_dir, since=None):
     elif not peers.get("available"):
         md.append(f"peer baselines unavailable: {peers.get('reason', '?')}")
     else:
-        others = [r for r in peer_rows if not r.get("l4_id") and id(r) not in joined_fp8]
+        others = [r for r in peer_rows if id(r) not in joined]
         rows = []
         for r in others:
             ok = r.get("status") == "ok"

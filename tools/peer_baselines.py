@@ -16,7 +16,8 @@ What it times (bf16 unless stated; every case catches its own failure and report
   mul -> torch.mul, topk -> torch.topk, vector_add -> torch.add. Without --criterion results the
   Scout GEMM table (the same one benches/src/shapes.rs derives from the preset) is used;
 * torch._scaled_mm in FP8 e4m3 with row-wise scales (per token x per output channel, bf16 out,
-  inputs already quantized) at the same GEMM shapes: no l4 counterpart yet;
+  inputs already quantized, use_fast_accum=False) at every GEMM shape l4 benched (the peer of
+  l4's fp8_gemm_rowwise entries, joined on the shape by gpu_summary.py);
 * scaled_dot_product_attention at Scout's attention (40 q heads, 8 kv heads, head dim 128):
   causal prefill of 2048 tokens and decode (one query over 8192 keys, batch 1 and 16), with
   each SDPA backend (default choice, flash, efficient, cuDNN); GQA by enable_gqa, or with k/v
@@ -681,9 +682,15 @@ def main(argv=None):
     weights = {}
     gemm_shapes = []
     for entry in entries:
-        if str(entry.get("group_id", "")).endswith("matmul_bf16"):
-            m, n, k = dims(entry["value_str"])
-            gemm_shapes.append((str(entry.get("function_id", "")).split("/")[-1], m, n, k))
+        group = str(entry.get("group_id", ""))
+        if "matmul" in group or "gemm" in group:
+            try:
+                m, n, k = dims(entry["value_str"])
+            except (KeyError, ValueError):
+                continue
+            shape = (str(entry.get("function_id", "")).split("/")[-1], m, n, k)
+            if shape not in gemm_shapes:
+                gemm_shapes.append(shape)
         try:
             peer_for(entry, results, weights)
         except Exception as exc:  # noqa: BLE001

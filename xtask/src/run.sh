@@ -30,7 +30,7 @@
 #   L4_SKIP_BENCHES=1  skip step 3 (the criterion benches)
 #   L4_BENCH_ARGS=...  criterion arguments for every bench binary (default: "--quick
 #                      --measurement-time 2": criterion's quick mode, at most ~2 s of wall time
-#                      per entry, which keeps the GPU benches within ~2 minutes). Set it empty
+#                      per entry, sized so the GPU benches take a few minutes at most). Set it empty
 #                      for criterion's full defaults (much slower); a trailing word is a filter,
 #                      e.g. "--quick cuda" runs only the GPU entries
 #   L4_SKIP_E2E=1      skip step 4
