@@ -930,3 +930,49 @@ fn image_prompts_that_cannot_hold_the_image_are_errors() {
     set(&mut argv, "--model", &maverick);
     s.assert_failed(&argv, &l4(&argv), &["--image needs a multimodal model"]);
 }
+
+#[test]
+fn vision_weights_and_config_are_checked_like_the_text_models() {
+    // A missing vision tensor, and one the vision tower does not use.
+    let s = Scratch::vision();
+    let name = "vision_model.model.layers.1.mlp.fc2.bias";
+    s.edit_weights(|t| t.retain(|(n, _)| n != name));
+    s.both_fail(|_| {}, &[name]);
+    let s = Scratch::vision();
+    let name = "vision_model.model.layers.0.self_attn.q_norm.weight";
+    s.edit_weights(|t| t.push((name.into(), Tensor::zeros(&[16], DType::F32, Device::Cpu).unwrap())));
+    s.both_fail(|_| {}, &[name]);
+    // A vision_config that contradicts itself (the adapter's input is hidden_size / ratio²).
+    let s = Scratch::vision();
+    s.edit_config(|c| {
+        c["vision_config"]["intermediate_size"] = 100.into();
+    });
+    s.both_fail(|_| {}, &["config.json", "vision_config.intermediate_size"]);
+}
+
+#[test]
+fn router_strategies_run_report_loads_and_bad_specs_are_errors() {
+    let s = Scratch::new();
+    s.both_fail(|a| set(a, "--router", "top1"), &["top1"]);
+    s.both_fail(|a| set(a, "--router", "softmax-topk:k=9"), &["k = 9"]);
+    for spec in ["softmax-topk:k=2", "hash", "expert-choice:capacity=1.5"] {
+        let mut argv = s.logits_args();
+        set(&mut argv, "--router", spec);
+        argv.push("--dump-hidden".into());
+        let out = s.path("out/routed.safetensors");
+        set(&mut argv, "--output", out.clone().into_os_string());
+        assert_succeeded(&argv, &l4(&argv));
+        let written = Checkpoint::open(&out).unwrap();
+        let load = written.load("expert_load.1", Device::Cpu).unwrap();
+        assert_eq!(load.dtype(), DType::I64, "{spec}");
+        let total: i64 = load.to_vec::<i64>().unwrap().iter().sum();
+        // 60 tokens; k = 2 doubles the assignments, expert-choice takes ⌈1.5·60/4⌉ per expert.
+        let want = match spec {
+            "softmax-topk:k=2" => 120,
+            "hash" => 60,
+            _ => 4 * 23,
+        };
+        assert_eq!(total, want, "{spec}");
+        fs::remove_file(&out).unwrap();
+    }
+}
