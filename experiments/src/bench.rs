@@ -40,12 +40,7 @@ pub fn bench(options: &RunOptions, bench: &BenchOptions) -> Result<String> {
         bail!("--prompt-len and --repeats must be at least 1");
     }
     let loading = Instant::now();
-    let model = l4_model::loader::load_with(
-        &options.model,
-        options.dtype,
-        options.device.ensure_usable()?,
-        options.fp8,
-    )?;
+    let model = crate::run::load_model(options)?;
     let load_seconds = loading.elapsed().as_secs_f64();
     let vocab = model.spec().vocab_size;
     // A seeded prompt of uniformly random token ids.

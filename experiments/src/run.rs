@@ -29,6 +29,8 @@ pub struct RunOptions {
     pub dtype: DType,
     /// FP8 weights (`None`: the checkpoint as stored).
     pub fp8: Option<Fp8Mode>,
+    /// Routing strategy spec for every MoE layer (`None`: the checkpoint's).
+    pub router: Option<String>,
 }
 
 /// Reads `input_ids` (I64 or I32 `[b, t]`) from a safetensors file, checking ids against the
@@ -125,14 +127,14 @@ fn read_inputs(path: &Path, model: &Llama4) -> Result<(Tensor, Option<Tensor>)> 
     Ok((ids, pixel_values))
 }
 
-fn load_model(options: &RunOptions) -> Result<Llama4> {
-    loader::load_with(
-        &options.model,
-        options.dtype,
-        options.device.ensure_usable()?,
-        options.fp8,
-    )
-    .map_err(Into::into)
+/// The model `options` name, with their FP8 mode and routing strategy applied.
+pub fn load_model(options: &RunOptions) -> Result<Llama4> {
+    let device = options.device.ensure_usable()?;
+    let model = loader::load_with(&options.model, options.dtype, device, options.fp8)?;
+    Ok(match &options.router {
+        Some(spec) => model.with_router(spec)?,
+        None => model,
+    })
 }
 
 fn check_output_path(path: &Path) -> Result<()> {
@@ -143,8 +145,8 @@ fn check_output_path(path: &Path) -> Result<()> {
 }
 
 /// `l4 logits`: one forward over all of `input_ids` (images from `pixel_values` fused in);
-/// writes `logits` (F32 [b, t, v]) and, with `dump_hidden`, `hidden_states.{i}` and
-/// `router_logits.{layer}`.
+/// writes `logits` (F32 [b, t, v]) and, with `dump_hidden`, `hidden_states.{i}`,
+/// `router_logits.{layer}` and `expert_load.{layer}` (I64 [experts]).
 pub fn logits(options: &RunOptions, input: &Path, output: &Path, dump_hidden: bool) -> Result<()> {
     check_output_path(output)?;
     let model = load_model(options)?;
@@ -155,7 +157,7 @@ pub fn logits(options: &RunOptions, input: &Path, output: &Path, dump_hidden: bo
     };
     let mut cache = model.new_cache();
     let embeddings = model.embed_with_images(&ids, pixel_values.as_ref())?;
-    let out = model.forward_embeddings(&embeddings, &mut cache, capture)?;
+    let out = model.forward_embeddings_with_ids(&embeddings, Some(&ids), &mut cache, capture)?;
     let host_f32 = |t: &Tensor| t.to_device(Device::Cpu)?.to_dtype(DType::F32);
     let mut tensors: Vec<(String, Tensor)> = vec![("logits".into(), host_f32(&out.logits)?)];
     for (i, h) in out.hidden_states.iter().enumerate() {
@@ -163,6 +165,14 @@ pub fn logits(options: &RunOptions, input: &Path, output: &Path, dump_hidden: bo
     }
     for (layer, logits) in &out.router_logits {
         tensors.push((format!("router_logits.{layer}"), host_f32(logits)?));
+    }
+    for (layer, routing) in &out.routing {
+        let load: Vec<i64> = routing.load().into_iter().map(|l| l as i64).collect();
+        let experts = load.len();
+        tensors.push((
+            format!("expert_load.{layer}"),
+            Tensor::from_vec(load, &[experts], Device::Cpu)?,
+        ));
     }
     let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     save_safetensors(output, &refs, None)?;

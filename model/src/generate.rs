@@ -62,7 +62,7 @@ pub fn greedy_with_images(
             _ => model.embed(&input)?,
         };
         let logits = model
-            .forward_embeddings(&embeddings, &mut cache, Capture::default())?
+            .forward_embeddings_with_ids(&embeddings, Some(&input), &mut cache, Capture::default())?
             .logits; // [b, t, v]
         let steps = logits.shape()[1];
         // Only the last position's row leaves the device.

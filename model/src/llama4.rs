@@ -11,7 +11,7 @@ use crate::parts::linear::Linear;
 use crate::parts::mlp::SwiGlu;
 use crate::parts::moe::{Experts, Moe};
 use crate::parts::rope::RotaryTable;
-use crate::parts::router::router_by_name;
+use crate::parts::router::{Routing, router_by_name};
 use crate::spec::{Ffn, LayerSpec, ModelSpec};
 use crate::vision::{VisionModel, fusion};
 use crate::weights::{WeightNames, WeightSource};
@@ -51,6 +51,8 @@ pub struct ForwardOutput {
     pub hidden_states: Vec<Tensor>,
     /// With [`Capture::router_logits`]: `(layer, [b·t, e])` for each MoE layer.
     pub router_logits: Vec<(usize, Tensor)>,
+    /// With [`Capture::router_logits`]: each MoE layer's routing decision (loads, drops).
+    pub routing: Vec<(usize, Routing)>,
 }
 
 /// A Llama 4 text model with its weights resident on one device.
@@ -257,14 +259,33 @@ impl Llama4 {
     /// One step: `ids [b, t]` (I64 or I32) at positions `cache.position()..+t` → logits
     /// `[b, t, v]`, extending `cache`.
     pub fn forward(&self, ids: &Tensor, cache: &mut KvCache, capture: Capture) -> Result<ForwardOutput> {
-        self.forward_embeddings(&self.embed(ids)?, cache, capture)
+        self.forward_embeddings_with_ids(&self.embed(ids)?, Some(ids), cache, capture)
     }
 
     /// One step from input embeddings `h [b, t, d]` (from [`Self::embed`] or
     /// [`Self::embed_with_images`]) at positions `cache.position()..+t` → logits `[b, t, v]`,
     /// extending `cache`.
     pub fn forward_embeddings(&self, h: &Tensor, cache: &mut KvCache, capture: Capture) -> Result<ForwardOutput> {
+        self.forward_embeddings_with_ids(h, None, cache, capture)
+    }
+
+    /// As [`Self::forward_embeddings`], with the step's token ids `[b, t]` for routing
+    /// strategies that route by id (`hash`).
+    pub fn forward_embeddings_with_ids(
+        &self,
+        h: &Tensor,
+        ids: Option<&Tensor>,
+        cache: &mut KvCache,
+        capture: Capture,
+    ) -> Result<ForwardOutput> {
         let d = self.spec.hidden_size;
+        // Routing by id reads them on the host (ids are small).
+        let token_ids: Option<Vec<i64>> = match ids {
+            Some(ids) if self.routes_by_id() => {
+                Some(ids.to_device(Device::Cpu)?.to_dtype(DType::I64)?.to_vec::<i64>()?)
+            }
+            _ => None,
+        };
         let [b, t, width] = h.shape()[..] else {
             return Err(Error::BadShape {
                 op: "llama4 forward",
@@ -296,6 +317,7 @@ impl Llama4 {
             logits: h.clone(),
             hidden_states: Vec::new(),
             router_logits: Vec::new(),
+            routing: Vec::new(),
         };
         if capture.hidden_states {
             output.hidden_states.push(h.clone());
@@ -319,9 +341,10 @@ impl Llama4 {
             let ffn_out = match &layer.ffn {
                 FfnBlock::Dense(mlp) => mlp.forward(&normed)?,
                 FfnBlock::Moe(moe) => {
-                    let out = moe.forward(&normed)?;
+                    let out = moe.forward_with_ids(&normed, token_ids.as_deref())?;
                     if capture.router_logits {
                         output.router_logits.push((i, out.router_logits));
+                        output.routing.push((i, out.routing));
                     }
                     out.output
                 }
@@ -335,6 +358,24 @@ impl Llama4 {
         output.logits = self.lm_head.forward(&ops::rms_norm(&h, Some(&self.final_norm), eps)?)?;
         Ok(output)
     }
+    /// The same model with every MoE layer routed by `spec` (see
+    /// [`router_by_name`](crate::parts::router::router_by_name)), e.g. `softmax-topk:k=2`.
+    pub fn with_router(mut self, spec: &str) -> Result<Self> {
+        for layer in &mut self.layers {
+            if let FfnBlock::Moe(moe) = &mut layer.ffn {
+                moe.strategy = router_by_name(spec)?;
+            }
+        }
+        Ok(self)
+    }
+
+    /// Whether some MoE layer's strategy needs token ids.
+    fn routes_by_id(&self) -> bool {
+        self.layers
+            .iter()
+            .any(|l| matches!(&l.ffn, FfnBlock::Moe(moe) if moe.strategy.name() == "hash"))
+    }
+
     /// Whether any weight runs in FP8.
     pub fn holds_fp8(&self) -> bool {
         let fp8_mlp = |m: &SwiGlu| m.gate.is_fp8() || m.up.is_fp8() || m.down.is_fp8();

@@ -18,7 +18,7 @@ use l4_model::parts::linear::Linear;
 use l4_model::parts::mlp::SwiGlu;
 use l4_model::parts::moe::{Experts, Moe};
 use l4_model::parts::rope::RotaryTable;
-use l4_model::parts::router::{Llama4Router, Router, Routing, WeightPlacement};
+use l4_model::parts::router::{Assignment, Llama4Router, Router, RouterInput, Routing, WeightPlacement};
 use l4_model::spec::{Llama3Scaling, RopeSpec, Temperature};
 use l4_model::weights::{RandomSource, WeightNames};
 use l4_model::{Capture, Ffn, LayerSpec, Llama4, ModelSpec, Position, Span, loader, preset};
@@ -659,13 +659,22 @@ impl Router for AlwaysExpertZero {
         "always-expert-zero"
     }
 
-    fn route(&self, logits: &[f32], n_tokens: usize, n_experts: usize) -> Result<Routing> {
-        assert_eq!(logits.len(), n_tokens * n_experts);
+    fn route(&self, input: &RouterInput<'_>) -> Result<Routing> {
+        assert_eq!(input.logits.len(), input.n_tokens * input.n_experts);
         Ok(Routing {
-            top_k: 1,
-            experts: vec![0; n_tokens],
-            weights: vec![1.0; n_tokens],
+            n_tokens: input.n_tokens,
+            n_experts: input.n_experts,
+            assignments: (0..input.n_tokens)
+                .map(|token| Assignment {
+                    token,
+                    expert: 0,
+                    weight: 1.0,
+                })
+                .collect(),
             placement: self.0,
+            dropped: 0,
+            aux_loss: None,
+            z_loss: None,
         })
     }
 }
@@ -759,7 +768,7 @@ proptest! {
             strategy: Box::new(AlwaysExpertZero(placement)),
         };
         let out = moe.forward(&x).unwrap();
-        prop_assert_eq!(out.routing.experts, vec![0; n]);
+        prop_assert_eq!(out.routing.load(), vec![n]);
         prop_assert_eq!(out.router_logits.shape(), &[n, 1]);
         let want = dense.forward(&x).unwrap();
         prop_assert_eq!(out.output.shape(), want.shape());
@@ -785,20 +794,21 @@ proptest! {
     /// of that maximum, applied to the expert input.
     #[test]
     fn llama4_router_picks_the_first_argmax_weighted_by_its_sigmoid((n, e, logits) in router_logits()) {
-        let routing = Llama4Router.route(&logits, n, e).unwrap();
-        prop_assert_eq!(routing.top_k, 1);
+        let input = RouterInput { logits: &logits, n_tokens: n, n_experts: e, token_ids: None };
+        let routing = Llama4Router::default().route(&input).unwrap();
         prop_assert_eq!(routing.placement, WeightPlacement::Input);
-        prop_assert_eq!(routing.experts.len(), n);
-        prop_assert_eq!(routing.weights.len(), n);
+        prop_assert_eq!(routing.assignments.len(), n);
+        prop_assert_eq!(routing.max_per_token(), 1);
         let mut want_weights = Vec::new();
         for (i, row) in logits.chunks(e).enumerate() {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let first = row.iter().position(|&v| v == max).unwrap();
-            prop_assert_eq!(routing.experts[i], first, "row {} = {:?}", i, row);
+            prop_assert_eq!(routing.assignments[i].token, i);
+            prop_assert_eq!(routing.assignments[i].expert, first, "row {} = {:?}", i, row);
             want_weights.push(1.0 / (1.0 + (-(max as f64)).exp()));
         }
         // One sigmoid per element, rounded into f32.
-        let got: Vec<f64> = routing.weights.iter().map(|&w| w as f64).collect();
+        let got: Vec<f64> = routing.assignments.iter().map(|a| a.weight as f64).collect();
         check_close(&got, &want_weights, Tolerance::elementwise(DType::F32), "router weights")?;
     }
 }

@@ -36,6 +36,11 @@ struct ModelArgs {
     /// the checkpoint as stored (a pre-quantized one runs its FP8 experts in FP8).
     #[arg(long)]
     fp8: Option<Fp8Mode>,
+    /// Routing strategy of every MoE layer, `name[:key=value,...]`: llama4 (default for Llama
+    /// 4), softmax-topk:k=2, deepseek-v3:k=2,groups=4,topk_groups=2, expert-choice:capacity=1,
+    /// hash, random:k=1,seed=0, forced:expert=J; token-choice ones also take capacity=C.
+    #[arg(long)]
+    router: Option<String>,
 }
 
 impl ModelArgs {
@@ -45,6 +50,7 @@ impl ModelArgs {
             device: self.device,
             dtype: self.dtype,
             fp8: self.fp8,
+            router: self.router.clone(),
         }
     }
 }
@@ -69,7 +75,8 @@ enum Command {
         /// safetensors file to write `logits` (F32 [batch, tokens, vocab]) to.
         #[arg(long)]
         output: PathBuf,
-        /// Also write the hidden state after each layer and each MoE layer's router logits.
+        /// Also write the hidden state after each layer, and each MoE layer's router logits
+        /// (`router_logits.{layer}`) and expert loads (`expert_load.{layer}`, I64 [experts]).
         #[arg(long)]
         dump_hidden: bool,
     },

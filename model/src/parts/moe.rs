@@ -5,7 +5,7 @@ use l4_kernels::ops;
 
 use super::linear::Linear;
 use super::mlp::SwiGlu;
-use super::router::{Router, Routing, WeightPlacement};
+use super::router::{Router, RouterInput, Routing, WeightPlacement};
 
 /// The routed experts' weights.
 #[derive(Clone, Debug)]
@@ -104,10 +104,17 @@ impl Moe {
         self.experts.len()
     }
 
-    /// `x [n, d] -> [n, d]`: `shared(x) + Σ_k expert_k(x · w_k)` (weights on the input for
-    /// Llama 4; on the output for strategies that say so). Tokens are grouped per expert so
-    /// each expert runs one GEMM over its tokens, and unchosen experts do no work.
+    /// `x [n, d] -> [n, d]`: `shared(x) + Σ expert_e(x · w)` over each token's assignments
+    /// (weights on the input for Llama 4; on the output for strategies that say so).
     pub fn forward(&self, x: &Tensor) -> Result<MoeOutput> {
+        self.forward_with_ids(x, None)
+    }
+
+    /// As [`Moe::forward`], with the tokens' ids for strategies that route by id (`hash`).
+    /// Tokens are grouped per expert so each expert runs one GEMM over its tokens and unchosen
+    /// experts do no work; the outputs are gathered back per token and summed in assignment
+    /// order, the same order on every device.
+    pub fn forward_with_ids(&self, x: &Tensor, token_ids: Option<&[i64]>) -> Result<MoeOutput> {
         let [n, d] = x.shape()[..] else {
             return Err(Error::BadShape {
                 op: "moe",
@@ -118,36 +125,41 @@ impl Moe {
         let n_experts = self.num_experts();
         let f = self.experts.width();
         let router_logits = self.router.forward(x)?; // [n, e]
-        let routing = self.strategy.route(&router_logits.to_f32_vec()?, n, n_experts)?;
-
-        // Slots (token-major: slot = token·k + j) grouped by expert, in expert order.
-        let k = routing.top_k;
-        let well_formed = k > 0
-            && routing.experts.len() == n * k
-            && routing.weights.len() == n * k
-            && routing.experts.iter().all(|&e| e < n_experts);
-        if !well_formed {
+        let logits = router_logits.to_f32_vec()?;
+        let routing = self.strategy.route(&RouterInput {
+            logits: &logits,
+            n_tokens: n,
+            n_experts,
+            token_ids,
+        })?;
+        if let Some(bad) = routing
+            .assignments
+            .iter()
+            .find(|a| a.token >= n || a.expert >= n_experts)
+        {
             return Err(Error::invalid(
                 "moe",
                 format!(
-                    "router {:?} returned {} experts and {} weights for {n} tokens x top-{k} over {n_experts} experts",
+                    "router {:?} assigned token {} to expert {} ({n} tokens, {n_experts} experts)",
                     self.strategy.name(),
-                    routing.experts.len(),
-                    routing.weights.len()
+                    bad.token,
+                    bad.expert
                 ),
             ));
         }
-        let mut slots_by_expert: Vec<Vec<usize>> = vec![Vec::new(); n_experts];
-        for (slot, &expert) in routing.experts.iter().enumerate() {
-            slots_by_expert[expert].push(slot);
+        // Assignment indices grouped by expert, in expert order.
+        let mut by_expert: Vec<Vec<usize>> = vec![Vec::new(); n_experts];
+        for (i, a) in routing.assignments.iter().enumerate() {
+            by_expert[a.expert].push(i);
         }
         let mut expert_outputs = Vec::new(); // per used expert: [n_e, d]
-        for (expert, slots) in slots_by_expert.iter().enumerate().filter(|(_, s)| !s.is_empty()) {
-            let tokens: Vec<i64> = slots.iter().map(|&s| (s / k) as i64).collect();
-            let tokens = Tensor::from_vec(tokens, &[slots.len()], Device::Cpu)?.to_device(x.device())?;
+        for (expert, members) in by_expert.iter().enumerate().filter(|(_, m)| !m.is_empty()) {
+            let assigned = |i: &usize| routing.assignments[*i];
+            let tokens: Vec<i64> = members.iter().map(|i| assigned(i).token as i64).collect();
+            let tokens = Tensor::from_vec(tokens, &[members.len()], Device::Cpu)?.to_device(x.device())?;
             let weights = Tensor::from_f32_vec(
-                slots.iter().map(|&s| routing.weights[s]).collect(),
-                &[slots.len(), 1],
+                members.iter().map(|i| assigned(i).weight).collect(),
+                &[members.len(), 1],
                 x.dtype(),
                 x.device(),
             )?;
@@ -164,29 +176,45 @@ impl Moe {
             }
             expert_outputs.push(y);
         }
-        // Back to slot order: row r of the expert-ordered outputs holds slot `order[r]`.
-        let order: Vec<usize> = slots_by_expert.concat();
-        let mut position_of_slot = vec![0i64; order.len()];
-        for (row, &slot) in order.iter().enumerate() {
-            position_of_slot[slot] = row as i64;
-        }
-        let by_expert = ops::cat(&expert_outputs.iter().collect::<Vec<_>>(), 0)?; // [n·k, d]
-        let positions = Tensor::from_vec(position_of_slot, &[n * k], Device::Cpu)?.to_device(x.device())?;
-        let by_slot = ops::index_select(&by_expert, 0, &positions)?.reshape(&[n, k, d])?;
-        // shared(x) + Σ_j expert_j: the same order of additions on every device.
         let mut output = match &self.shared {
             Some(shared) => Some(shared.forward(x)?),
             None => None,
         };
-        for j in 0..k {
-            let routed = by_slot.narrow(1, j, 1)?.squeeze(1)?; // [n, d]
-            output = Some(match output {
-                Some(sum) => ops::add(&sum, &routed)?,
-                None => ops::contiguous(&routed)?,
-            });
+        let slots = routing.max_per_token();
+        if slots > 0 {
+            // Row r of the expert-ordered outputs holds assignment order[r]; one zero row after
+            // them fills the slots of tokens with fewer assignments than the most-assigned one.
+            let order: Vec<usize> = by_expert.concat();
+            let zero_row = order.len();
+            let mut row_of = vec![0usize; order.len()];
+            for (row, &i) in order.iter().enumerate() {
+                row_of[i] = row;
+            }
+            let mut table = vec![zero_row as i64; n * slots]; // [n, slots]
+            let mut filled = vec![0usize; n];
+            for (i, a) in routing.assignments.iter().enumerate() {
+                table[a.token * slots + filled[a.token]] = row_of[i] as i64;
+                filled[a.token] += 1;
+            }
+            let zeros = Tensor::zeros(&[1, d], x.dtype(), x.device())?;
+            let mut parts: Vec<&Tensor> = expert_outputs.iter().collect();
+            parts.push(&zeros);
+            let rows = ops::cat(&parts, 0)?; // [assignments + 1, d]
+            let table = Tensor::from_vec(table, &[n * slots], Device::Cpu)?.to_device(x.device())?;
+            let by_slot = ops::index_select(&rows, 0, &table)?.reshape(&[n, slots, d])?;
+            // shared(x) + Σ_j slot_j: the same order of additions on every device.
+            for j in 0..slots {
+                let routed = by_slot.narrow(1, j, 1)?.squeeze(1)?; // [n, d]
+                output = Some(match output {
+                    Some(sum) => ops::add(&sum, &routed)?,
+                    None => ops::contiguous(&routed)?,
+                });
+            }
         }
-        let output =
-            output.ok_or_else(|| Error::invalid("moe", "a router chose no expert and there is no shared expert"))?;
+        let output = match output {
+            Some(out) => out,
+            None => Tensor::zeros(&[n, d], x.dtype(), x.device())?,
+        };
         Ok(MoeOutput {
             output,
             router_logits,
