@@ -337,7 +337,9 @@ def init_weights(model, seed: int, text_std: float) -> dict:
     rule = {}
     with torch.no_grad():
         for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-            if name.endswith("norm.weight") or (name.startswith("vision_model.") and "layernorm" in name and name.endswith(".weight")):
+            if name.endswith("norm.weight") or (
+                name.startswith("vision_model.") and "layernorm" in name and name.endswith(".weight")
+            ):
                 p.copy_(torch.empty(p.shape).uniform_(0.5, 1.5, generator=g))
                 rule[name] = "uniform(0.5, 1.5)"
             elif name.endswith(".bias"):
@@ -411,7 +413,16 @@ def ref_pixel_shuffle(x, grid: int, k: int):
     return out
 
 
-def ref_vision(sd: dict, vc: dict, pixel_values: torch.Tensor, *, cls_first=False, rope=True, shuffle_transposed=False, second_gelu=True):
+def ref_vision(
+    sd: dict,
+    vc: dict,
+    pixel_values: torch.Tensor,
+    *,
+    cls_first=False,
+    rope=True,
+    shuffle_transposed=False,
+    second_gelu=True,
+):
     """Returns (encoder output after layernorm_post without the class token [n, g^2, dv], adapter output
     [n, tokens, dv_out], projected [n * tokens, d]). Keyword switches are the bugs the fixture must catch."""
     W = {k: v.to(torch.float64) for k, v in sd.items()}
@@ -518,7 +529,9 @@ def hf_forward(model, ids, pixel_values):
 
     hook = model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
     with torch.no_grad():
-        out = model(input_ids=ids, pixel_values=pixel_values, use_cache=False, output_router_logits=True, return_dict=True)
+        out = model(
+            input_ids=ids, pixel_values=pixel_values, use_cache=False, output_router_logits=True, return_dict=True
+        )
         image = model.get_image_features(pixel_values=pixel_values, return_dict=True).last_hidden_state
         projected = model.multi_modal_projector(image.view(-1, image.shape[-1]))
     hook.remove()
@@ -545,7 +558,9 @@ def hf_generate(model, ids, pixel_values, n, use_cache=True):
 def bf16_normalisation_rule_holds(processor: Llama4ImageProcessor) -> bool:
     """HF's rescale_and_normalize on all 256 levels equals the rule the Rust side implements."""
     levels = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(1, 3, 16, 16).contiguous()
-    got = processor.rescale_and_normalize(levels, True, processor.rescale_factor, True, processor.image_mean, processor.image_std)
+    got = processor.rescale_and_normalize(
+        levels, True, processor.rescale_factor, True, processor.image_mean, processor.image_std
+    )
     x = levels.to(torch.bfloat16).to(torch.float32)
     x = (x * torch.tensor(processor.rescale_factor, dtype=torch.float32)).to(torch.bfloat16).to(torch.float32)
     x = (x - torch.tensor(0.5, dtype=torch.bfloat16).float()).to(torch.bfloat16).to(torch.float32)
@@ -601,9 +616,18 @@ def make_fixture(name: str, spec: dict, write: bool) -> dict:
         expected[f"processor.{idx}.input_ids"] = ids.contiguous()
         expected[f"processor.{idx}.pixel_values"] = pv.to(torch.float32).contiguous()
         cases_meta.append(
-            dict(image=f"images/{spec['images'][key]['file']}", prompt=prompt, tiles=list(ratio), pixel_values=list(pv.shape), tokens=ids.shape[1])
+            dict(
+                image=f"images/{spec['images'][key]['file']}",
+                prompt=prompt,
+                tiles=list(ratio),
+                pixel_values=list(pv.shape),
+                tokens=ids.shape[1],
+            )
         )
-        print(f"  processor case {idx}: {spec['images'][key]['file']} {pil[key].mode} {pil[key].size} -> grid {ratio}, pixel_values {list(pv.shape)}, {ids.shape[1]} tokens")
+        print(
+            f"  processor case {idx}: {spec['images'][key]['file']} {pil[key].mode} {pil[key].size} -> grid {ratio}, "
+            f"pixel_values {list(pv.shape)}, {ids.shape[1]} tokens"
+        )
 
     # ---------------- the forward input
     g = torch.Generator().manual_seed(seed + 1)
@@ -614,12 +638,27 @@ def make_fixture(name: str, spec: dict, write: bool) -> dict:
             out = processor(text="<|image|>", images=pil[key], return_tensors="pt")
             layout = out["input_ids"][0, 1:].to(torch.int64)  # without BOS
             bos = torch.tensor([special_id(tok, "<|begin_of_text|>")])
-            rows.append(torch.cat([bos, torch.randint(0, vocab_text, (before,), generator=g), layout, torch.randint(0, vocab_text, (after,), generator=g)]))
+            rows.append(
+                torch.cat(
+                    [
+                        bos,
+                        torch.randint(0, vocab_text, (before,), generator=g),
+                        layout,
+                        torch.randint(0, vocab_text, (after,), generator=g),
+                    ]
+                )
+            )
             pvs.append(out["pixel_values"].to(torch.float32))
         check(len({len(r) for r in rows}) == 1, "batch rows must have one length")
         input_ids = torch.stack(rows)
         pixel_values = torch.cat(pvs)
-        forward_meta = dict(kind="batch", rows=[dict(image=f"images/{spec['images'][k]['file']}", text_before=b, text_after=a) for k, b, a in spec["batch"]])
+        forward_meta = dict(
+            kind="batch",
+            rows=[
+                dict(image=f"images/{spec['images'][k]['file']}", text_before=b, text_after=a)
+                for k, b, a in spec["batch"]
+            ],
+        )
     else:
         key, prompt = spec["prompt"]
         out = processor(text=prompt, images=pil[key], return_tensors="pt")
@@ -628,7 +667,10 @@ def make_fixture(name: str, spec: dict, write: bool) -> dict:
         forward_meta = dict(kind="processor", image=f"images/{spec['images'][key]['file']}", prompt=prompt)
     B, T = input_ids.shape
     n_tiles = pixel_values.shape[0]
-    print(f"  forward: input_ids {list(input_ids.shape)}, pixel_values {list(pixel_values.shape)}, {int((input_ids == image_token).sum())} <|patch|> tokens")
+    print(
+        f"  forward: input_ids {list(input_ids.shape)}, pixel_values {list(pixel_values.shape)}, "
+        f"{int((input_ids == image_token).sum())} <|patch|> tokens"
+    )
 
     # ---------------- HF forward
     logits, inputs_embeds, adapter, projected, router_logits = hf_forward(model, input_ids, pixel_values)
@@ -649,14 +691,20 @@ def make_fixture(name: str, spec: dict, write: bool) -> dict:
     for k, v in ref_diff.items():
         check(v < REF_TOL, f"reference mismatch on {k}: {v}")
     text_rows = input_ids != image_token
-    check(torch.equal(inputs_embeds[text_rows], sd["language_model.model.embed_tokens.weight"][input_ids[text_rows]]), "text rows changed by the scatter")
+    check(
+        torch.equal(inputs_embeds[text_rows], sd["language_model.model.embed_tokens.weight"][input_ids[text_rows]]),
+        "text rows changed by the scatter",
+    )
 
     moe_layers = list(config.text_config.moe_layers)
     router_margin = min(top2_margin(r) for r in router_logits)
     check(router_margin > MIN_ROUTER_MARGIN, f"router near-tie {router_margin}")
     feature_std = projected.std().item()
     text_std = sd["language_model.model.embed_tokens.weight"].std().item()
-    print(f"  projected features std {feature_std:.3f} (text embeddings {text_std:.3f}); min router gap {router_margin:.4f}")
+    print(
+        f"  projected features std {feature_std:.3f} (text embeddings {text_std:.3f}); "
+        f"min router gap {router_margin:.4f}"
+    )
 
     # ---------------- greedy generation with the image
     greedy_ids, greedy_logits = hf_generate(model, input_ids, pixel_values, N, use_cache=True)
@@ -676,7 +724,9 @@ def make_fixture(name: str, spec: dict, write: bool) -> dict:
     check(gen_checks["nocache_ids_equal"], "cached vs no-cache greedy ids differ")
     check(gen_checks["ref_f64_ids_equal"], "HF greedy ids differ from the f64 reference")
     check(gen_checks["min_top1_top2_gap_on_greedy_path"] > MIN_GREEDY_MARGIN, "greedy near-tie")
-    check(gen_checks["min_router_gap_prompt_plus_generated"] > MIN_ROUTER_MARGIN, "router near-tie on a generated token")
+    check(
+        gen_checks["min_router_gap_prompt_plus_generated"] > MIN_ROUTER_MARGIN, "router near-tie on a generated token"
+    )
 
     # ---------------- sensitivity: each vision feature under test moves the logits
     def ref_logits_with(**switches):
@@ -684,8 +734,12 @@ def make_fixture(name: str, spec: dict, write: bool) -> dict:
         return ref_text_from_embeds(tsd, text_cfg, ref_fuse(sd, input_ids, proj, image_token))[0]
 
     sens = {
-        "image content (pixel_values -> zeros)": maxabs(logits, hf_forward(model, input_ids, torch.zeros_like(pixel_values))[0]),
-        "image order (tiles reversed)": maxabs(logits, hf_forward(model, input_ids, pixel_values.flip(0))[0]) if n_tiles > 1 else None,
+        "image content (pixel_values -> zeros)": maxabs(
+            logits, hf_forward(model, input_ids, torch.zeros_like(pixel_values))[0]
+        ),
+        "image order (tiles reversed)": (
+            maxabs(logits, hf_forward(model, input_ids, pixel_values.flip(0))[0]) if n_tiles > 1 else None
+        ),
         "[ref] class token first instead of last": maxabs(r_logits, ref_logits_with(cls_first=True)),
         "[ref] no 2-D RoPE": maxabs(r_logits, ref_logits_with(rope=False)),
         "[ref] pixel shuffle with x and y swapped": maxabs(r_logits, ref_logits_with(shuffle_transposed=True)),
@@ -735,7 +789,9 @@ def make_fixture(name: str, spec: dict, write: bool) -> dict:
         "image_token_id": image_token,
         "special_tokens": {t: special_id(tok, t) for t in SPECIAL_TOKENS},
         "max_patches": spec["max_patches"],
-        "images": {f"images/{im['file']}": {k: im[k] for k in ("height", "width", "mode")} for im in spec["images"].values()},
+        "images": {
+            f"images/{im['file']}": {k: im[k] for k in ("height", "width", "mode")} for im in spec["images"].values()
+        },
         "processor_cases": cases_meta,
         "forward_input": forward_meta,
         "B": B,
@@ -743,7 +799,9 @@ def make_fixture(name: str, spec: dict, write: bool) -> dict:
         "N": N,
         "tiles": n_tiles,
         "moe_layers": moe_layers,
-        "tensors": {k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape)} for k, v in expected.items()},
+        "tensors": {
+            k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape)} for k, v in expected.items()
+        },
         "hf_vs_f64_reference_maxabs": ref_diff,
         "min_router_top1_top2_gap": router_margin,
         "generate_checks": gen_checks,
@@ -770,7 +828,10 @@ def make_fixture(name: str, spec: dict, write: bool) -> dict:
         m2.generation_config.eos_token_id = None
         exp2 = load_file(d / "expected.safetensors")
         check(torch.equal(hf_forward(m2, input_ids, pixel_values)[0], exp2["logits"]), "reloaded model logits differ")
-        check(torch.equal(hf_generate(m2, input_ids, pixel_values, N)[0], exp2["greedy_ids"]), "reloaded greedy ids differ")
+        check(
+            torch.equal(hf_generate(m2, input_ids, pixel_values, N)[0], exp2["greedy_ids"]),
+            "reloaded greedy ids differ",
+        )
         wsd = load_file(d / "model.safetensors")
         check(all(v.dtype == torch.float32 for v in wsd.values()), "model.safetensors not all f32")
         check(set(wsd) == set(sd), f"saved tensor names differ: {sorted(set(wsd) ^ set(sd))}")
@@ -795,7 +856,10 @@ def main() -> None:
     torch.use_deterministic_algorithms(True)
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    print(f"python {platform.python_version()} torch {torch.__version__} torchvision {torchvision.__version__} transformers {transformers.__version__}")
+    print(
+        f"python {platform.python_version()} torch {torch.__version__} torchvision {torchvision.__version__} "
+        f"transformers {transformers.__version__}"
+    )
     for name in args.only or list(FIXTURES):
         make_fixture(name, FIXTURES[name], write=not args.check_only)
     print("\nall checks passed")
