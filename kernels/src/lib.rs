@@ -22,6 +22,7 @@ pub mod gather;
 pub mod launch;
 pub mod loader;
 pub mod matmul;
+pub mod moe_routing;
 pub mod norm;
 pub mod nvrtc;
 pub mod ops;
@@ -166,6 +167,15 @@ pub const QUANT: KernelSource = kernel_source!("quant", "quant/quant.cu", DEFAUL
 pub const FP8_GEMM: KernelSource =
     kernel_source!("fp8_gemm", "fp8_gemm/fp8_gemm.cu", &["sm_90a"], TensorCoreClass::Qgmma);
 
+/// Fused MoE routing: top-k, counts, offsets and the stable sort of token slots by expert, in
+/// one launch (see `moe_routing/moe_routing.cu`).
+pub const MOE_ROUTING: KernelSource = kernel_source!(
+    "moe_routing",
+    "moe_routing/moe_routing.cu",
+    DEFAULT_ARCHS,
+    TensorCoreClass::None
+);
+
 /// Every kernel source, in the order `check-kernels` reports them.
 pub const KERNELS: &[KernelSource] = &[
     VECTOR_ADD,
@@ -179,6 +189,7 @@ pub const KERNELS: &[KernelSource] = &[
     RANDOM,
     QUANT,
     FP8_GEMM,
+    MOE_ROUTING,
 ];
 
 /// The registered kernel called `name`.

@@ -5,7 +5,9 @@ use l4_kernels::ops;
 
 use super::linear::Linear;
 use super::mlp::SwiGlu;
-use super::router::{Router, RouterInput, Routing, WeightPlacement};
+use l4_kernels::moe_routing::{MAX_EXPERTS, RouteKind, RoutedTokens, route};
+
+use super::router::{Assignment, Router, RouterInput, Routing, WeightPlacement};
 
 /// The routed experts' weights.
 #[derive(Clone, Debug)]
@@ -98,6 +100,35 @@ pub struct MoeOutput {
     pub routing: Routing,
 }
 
+/// The host-side [`Routing`] of the fused kernel's choices.
+fn fused_routing(routed: &RoutedTokens, n: usize, n_experts: usize, kind: RouteKind) -> Result<Routing> {
+    let experts = routed.topk_expert.to_vec::<i32>()?;
+    let weights = routed.topk_weight.to_f32_vec()?;
+    let k = experts.len() / n.max(1);
+    let placement = match kind {
+        RouteKind::Llama4 => WeightPlacement::Input,
+        RouteKind::SoftmaxTopK { .. } => WeightPlacement::Output,
+    };
+    Ok(Routing {
+        n_tokens: n,
+        n_experts,
+        assignments: experts
+            .iter()
+            .zip(&weights)
+            .enumerate()
+            .map(|(slot, (&expert, &weight))| Assignment {
+                token: slot / k.max(1),
+                expert: expert as usize,
+                weight,
+            })
+            .collect(),
+        placement,
+        dropped: 0,
+        aux_loss: None,
+        z_loss: None,
+    })
+}
+
 impl Moe {
     /// Routed experts.
     pub fn num_experts(&self) -> usize {
@@ -125,13 +156,18 @@ impl Moe {
         let n_experts = self.num_experts();
         let f = self.experts.width();
         let router_logits = self.router.forward(x)?; // [n, e]
-        let logits = router_logits.to_f32_vec()?;
-        let routing = self.strategy.route(&RouterInput {
-            logits: &logits,
-            n_tokens: n,
-            n_experts,
-            token_ids,
-        })?;
+        let routing = match self.strategy.fused() {
+            // On a GPU the fused kernel routes; only [n, k] choices come back to the host.
+            Some(kind) if x.device().is_cuda() && n_experts <= MAX_EXPERTS => {
+                fused_routing(&route(&router_logits, kind)?, n, n_experts, kind)?
+            }
+            _ => self.strategy.route(&RouterInput {
+                logits: &router_logits.to_f32_vec()?,
+                n_tokens: n,
+                n_experts,
+                token_ids,
+            })?,
+        };
         if let Some(bad) = routing
             .assignments
             .iter()

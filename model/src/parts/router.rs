@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use l4_core::{Error, Result};
+use l4_kernels::moe_routing::{MAX_K, RouteKind};
 
 /// Where a routing weight is applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +52,8 @@ pub struct Routing {
     /// Assignments the strategy wanted but a capacity limit dropped.
     pub dropped: usize,
     /// Switch-style load-balancing loss `e · Σ_e f_e·P_e` (f: fraction of assignments, P: mean
-    /// router probability), for strategies with a softmax over experts.
+    /// router probability), for strategies with a softmax over experts, when routed on the
+    /// host (the fused GPU kernel does not compute it).
     pub aux_loss: Option<f32>,
     /// Router z-loss `mean(logsumexp(logits)²)`, for the same strategies.
     pub z_loss: Option<f32>,
@@ -138,6 +140,11 @@ pub trait Router: Debug + Send + Sync {
     fn name(&self) -> &'static str;
     /// Routes the input's tokens.
     fn route(&self, input: &RouterInput<'_>) -> Result<Routing>;
+    /// The fused routing kernel's rule when it computes exactly this strategy, so that logits
+    /// on a GPU are routed there and only the chosen experts and weights reach the host.
+    fn fused(&self) -> Option<RouteKind> {
+        None
+    }
 }
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -251,6 +258,10 @@ impl Router for Llama4Router {
         "llama4"
     }
 
+    fn fused(&self) -> Option<RouteKind> {
+        self.capacity.is_none().then_some(RouteKind::Llama4)
+    }
+
     fn route(&self, input: &RouterInput<'_>) -> Result<Routing> {
         check_input(self.name(), input)?;
         let e = input.n_experts;
@@ -296,6 +307,13 @@ pub struct SoftmaxTopK {
 impl Router for SoftmaxTopK {
     fn name(&self) -> &'static str {
         "softmax-topk"
+    }
+
+    fn fused(&self) -> Option<RouteKind> {
+        (self.capacity.is_none() && self.k <= MAX_K).then_some(RouteKind::SoftmaxTopK {
+            k: self.k,
+            renormalize: self.renormalize,
+        })
     }
 
     fn route(&self, input: &RouterInput<'_>) -> Result<Routing> {
