@@ -1,7 +1,8 @@
 //! `cargo xtask gpu-pack`: release test and bench binaries for the GPU machine.
 //!
 //! The GPU machine has no Rust toolchain. This builds every workspace test harness (release) and
-//! every criterion bench, copies the executables to `gpu-bin/<kind>-<name>`, strips them, adds
+//! every criterion bench, copies the executables to `gpu-bin/<kind>-<name>` (`<kind>-<package
+//! folder>-<name>` when two packages have a target of one name), strips them, adds
 //! the `l4` binary when l4-experiments has one, copies the Python tools run.sh calls
 //! ([`PACKED_TOOLS`]: the PyTorch peer baselines and the Markdown summary), and writes
 //! `gpu-bin/run.sh`, which runs them all from the repository root (`bash gpu-bin/run.sh`). NVRTC
@@ -33,8 +34,46 @@ struct Artifact {
     kind: String,
     /// The target's name.
     name: String,
+    /// The folder of the target's package (`core`, `model`...), which tells apart two packages'
+    /// targets of one name (`core/tests/fp8.rs` and `model/tests/fp8.rs`).
+    package_dir: String,
     /// The executable.
     path: PathBuf,
+}
+
+impl Artifact {
+    /// `gpu-bin/<kind>-<name>`.
+    fn file_name(&self) -> String {
+        format!("{}-{}", self.kind, self.name)
+    }
+
+    /// `gpu-bin/<kind>-<package folder>-<name>`, for names that two packages share.
+    fn qualified_file_name(&self) -> String {
+        format!("{}-{}-{}", self.kind, self.package_dir, self.name)
+    }
+}
+
+/// The file name in `gpu-bin/` of each artifact: `<kind>-<name>`, or `<kind>-<package
+/// folder>-<name>` for every artifact whose short name another executable also has, so the
+/// names do not depend on the order cargo built them in.
+fn file_names(artifacts: &[Artifact]) -> Vec<String> {
+    let mut paths: BTreeMap<String, Vec<&Path>> = BTreeMap::new();
+    for a in artifacts {
+        let entry = paths.entry(a.file_name()).or_default();
+        if !entry.contains(&a.path.as_path()) {
+            entry.push(&a.path);
+        }
+    }
+    artifacts
+        .iter()
+        .map(|a| {
+            if paths[&a.file_name()].len() > 1 {
+                a.qualified_file_name()
+            } else {
+                a.file_name()
+            }
+        })
+        .collect()
 }
 
 /// Runs a cargo command with `--message-format=json-render-diagnostics` and returns the
@@ -59,9 +98,16 @@ fn built_executables(args: &[&str], keep: impl Fn(&Value) -> bool) -> Result<Vec
         let Some(exe) = msg["executable"].as_str() else {
             continue;
         };
+        let package_dir = msg["manifest_path"]
+            .as_str()
+            .map(Path::new)
+            .and_then(Path::parent)
+            .and_then(Path::file_name)
+            .map_or_else(|| "unknown".to_string(), |d| d.to_string_lossy().into_owned());
         artifacts.push(Artifact {
             kind: msg["target"]["kind"][0].as_str().unwrap_or("bin").to_string(),
             name: msg["target"]["name"].as_str().unwrap_or("unnamed").to_string(),
+            package_dir,
             path: PathBuf::from(exe),
         });
     }
@@ -146,8 +192,7 @@ pub fn command(args: &[OsString]) -> Result<ExitCode> {
     }
     std::fs::create_dir_all(&out_dir)?;
     let mut packed: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for a in &artifacts {
-        let file = format!("{}-{}", a.kind, a.name);
+    for (a, file) in artifacts.iter().zip(file_names(&artifacts)) {
         if let Some(previous) = packed.get(&file) {
             if previous != &a.path {
                 bail!(
@@ -200,4 +245,40 @@ fn set_executable(path: &Path) -> Result<()> {
 #[cfg(not(unix))]
 fn set_executable(_: &Path) -> Result<()> {
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn artifact(kind: &str, package_dir: &str, name: &str, path: &str) -> Artifact {
+        Artifact {
+            kind: kind.into(),
+            name: name.into(),
+            package_dir: package_dir.into(),
+            path: PathBuf::from(path),
+        }
+    }
+
+    #[test]
+    fn shared_target_names_are_qualified_by_package_folder() {
+        let artifacts = [
+            artifact("test", "core", "fp8", "/t/fp8-1"),
+            artifact("lib", "core", "l4_core", "/t/l4_core-1"),
+            artifact("test", "model", "fp8", "/t/fp8-2"),
+            // The same executable reported twice keeps its short name.
+            artifact("bench", "benches", "kernels", "/t/kernels-1"),
+            artifact("bench", "benches", "kernels", "/t/kernels-1"),
+        ];
+        assert_eq!(
+            file_names(&artifacts),
+            [
+                "test-core-fp8",
+                "lib-l4_core",
+                "test-model-fp8",
+                "bench-kernels",
+                "bench-kernels"
+            ]
+        );
+    }
 }
