@@ -13,7 +13,8 @@ What it times (bf16 unless stated; every case catches its own failure and report
   cuBLASLt matmul -> torch.matmul (a @ w.T, the weight stored [n, k] as l4 does), rms_norm ->
   F.rms_norm, softmax -> torch.softmax, rope -> HF Llama 4's eager complex-multiply RoPE,
   embedding -> F.embedding, cast bf16->f8e4m3 -> Tensor.to(float8_e4m3fn), silu -> F.silu,
-  mul -> torch.mul, topk -> torch.topk, vector_add -> torch.add. Without --criterion results the
+  mul -> torch.mul, topk -> torch.topk, vector_add -> torch.add, moe_route -> torch's eager
+  routing (topk, sigmoid, bincount, cumsum, stable argsort). Without --criterion results the
   Scout GEMM table (the same one benches/src/shapes.rs derives from the preset) is used;
 * torch._scaled_mm in FP8 e4m3 with row-wise scales (per token x per output channel, bf16 out,
   inputs already quantized, use_fast_accum=False) at every GEMM shape l4 benched (the peer of
@@ -389,6 +390,25 @@ def peer_for(entry, results: Results, weights: dict):
             return lambda: torch.topk(x, k, dim=-1)
 
         results.run("torch.topk", f"{function} {value}", make, bytes_=r * c * size + r * k * (size + 8), l4_id=l4_id)
+    elif op == "moe_route":
+        t, e = dims(value)
+
+        def make():
+            logits = randn(t, e, dtype=tdtype(dt))
+
+            def eager():  # Llama 4's router as torch code writes it: top-1, sigmoid, group by expert
+                vals, idx = torch.topk(logits, 1, dim=-1)
+                weights = torch.sigmoid(vals.float())
+                flat = idx.flatten()
+                counts = torch.bincount(flat, minlength=e)
+                offsets = torch.cumsum(counts, 0)
+                order = torch.argsort(flat, stable=True)
+                return weights, counts, offsets, order
+
+            return eager
+
+        results.run("torch eager routing", f"{function} {value}", make, bytes_=t * e * size + 4 * (3 * t + 2 * e + 1),
+                    l4_id=l4_id)
     else:
         return False
     return True

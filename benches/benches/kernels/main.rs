@@ -4,7 +4,7 @@
 //! * the memory-bound ops of a Llama 4 layer at Scout's shapes (`shapes::ModelDims`, derived
 //!   from the preset): RMSNorm over width-`d` rows, softmax over attention-score rows, RoPE on
 //!   q and k, the embedding gather, the bf16 → FP8 e4m3 cast, SwiGLU's silu and multiply, and
-//!   top-k (the router's and greedy decoding's over the vocabulary);
+//!   top-k (the router's and greedy decoding's over the vocabulary), and the fused MoE routing;
 //! * the bf16 GEMMs at Scout's forward-pass shapes ([`gemm`], cuBLASLt on CUDA);
 //! * the FP8 GEMMs at the same shapes ([`fp8_gemm`]: l4's kernel with row-wise and block
 //!   scales, cuBLASLt's FP8 GEMM), last, so a fault in the newest kernel cannot take the other
@@ -350,6 +350,59 @@ fn topk_rows(c: &mut Criterion) {
     }
 }
 
+/// Llama 4's fused MoE routing (`moe_routing::route`, top-1 by logit, sigmoid weight, counts,
+/// offsets and the slots sorted by expert, one launch) over router logits `[t, e]`: Scout's 16
+/// experts at a decode batch, a prefill and a long prefill, and Maverick's 128 at the long one.
+fn moe_route(c: &mut Criterion) {
+    use l4_kernels::moe_routing::{RouteKind, route};
+    for device in runner::devices() {
+        let (dims, tokens) = setting(device);
+        let group_name = format!("{device}/moe_route");
+        let Some(mut timer) = runner::timer(&group_name, device) else {
+            continue;
+        };
+        let mut group = c.benchmark_group(&group_name);
+        let dtype = DType::BF16;
+        let maverick = if device.is_cuda() {
+            ModelDims::of("llama4-maverick-17b-128e").experts
+        } else {
+            dims.experts
+        };
+        for (t, e) in [
+            (tokens.decode, dims.experts),
+            (tokens.prefill, dims.experts),
+            (tokens.long, dims.experts),
+            (tokens.long, maverick),
+        ] {
+            if e == 0 {
+                continue;
+            }
+            let function = format!("{dtype}_llama4");
+            let id = format!("{group_name}/{function}/{t}x{e}");
+            let Some(logits) = setup(&id, randn(&[t, e], dtype, 11, device)) else {
+                continue;
+            };
+            // Logits read once; experts, weights and sorted slots (k = 1), counts and offsets
+            // written once, all 4-byte.
+            let bytes = t * e * dtype.size_in_bytes() + 4 * (3 * t + 2 * e + 1);
+            let throughput = criterion::Throughput::ElementsAndBytes {
+                elements: (t * e) as u64,
+                bytes: bytes as u64,
+            };
+            bench_op(
+                &mut group,
+                &group_name,
+                &mut timer,
+                &function,
+                format!("{t}x{e}"),
+                throughput,
+                || route(&logits, RouteKind::Llama4),
+            );
+        }
+        group.finish();
+    }
+}
+
 /// Two seeded tensors of one shape.
 fn pair(shape: &[usize], dtype: DType, device: Device) -> l4_core::Result<(Tensor, Tensor)> {
     Ok((randn(shape, dtype, 1, device)?, randn(shape, dtype, 2, device)?))
@@ -365,6 +418,7 @@ fn main() -> ExitCode {
     cast_to_fp8(&mut c);
     swiglu_elementwise(&mut c);
     topk_rows(&mut c);
+    moe_route(&mut c);
     gemm::matmul_bf16(&mut c);
     fp8_gemm::fp8_gemms(&mut c);
     c.final_summary();
