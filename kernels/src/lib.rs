@@ -12,6 +12,7 @@
 //! `cargo xtask check-kernels` compiles every registered source for every architecture it
 //! declares and checks the tensor-core instruction class in the SASS ([`compile_check`]).
 
+pub mod attention_decode;
 pub mod cast;
 pub mod compile_check;
 mod disk_cache;
@@ -176,6 +177,15 @@ pub const MOE_ROUTING: KernelSource = kernel_source!(
     TensorCoreClass::None
 );
 
+/// Split-KV decode attention with a fixed split and a fixed-order combine (see
+/// `attention_decode/attention_decode.cu`).
+pub const ATTENTION_DECODE: KernelSource = kernel_source!(
+    "attention_decode",
+    "attention_decode/attention_decode.cu",
+    DEFAULT_ARCHS,
+    TensorCoreClass::None
+);
+
 /// Every kernel source, in the order `check-kernels` reports them.
 pub const KERNELS: &[KernelSource] = &[
     VECTOR_ADD,
@@ -190,6 +200,7 @@ pub const KERNELS: &[KernelSource] = &[
     QUANT,
     FP8_GEMM,
     MOE_ROUTING,
+    ATTENTION_DECODE,
 ];
 
 /// The registered kernel called `name`.

@@ -359,7 +359,7 @@ impl Llama4 {
         Ok(output)
     }
     /// The same model with every MoE layer routed by `spec` (see
-    /// [`router_by_name`](crate::parts::router::router_by_name)), e.g. `softmax-topk:k=2`.
+    /// [`router_by_name`]), e.g. `softmax-topk:k=2`.
     pub fn with_router(mut self, spec: &str) -> Result<Self> {
         for layer in &mut self.layers {
             if let FfnBlock::Moe(moe) = &mut layer.ffn {

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use l4_core::{DType, Device, Error, Result, Tensor};
+use l4_kernels::attention_decode::{DecodeShape, decode_attention, fits_kernel};
 use l4_kernels::ops;
 
 use super::linear::Linear;
@@ -175,6 +176,18 @@ pub fn attention_forward(
         let q_block = ops::contiguous(&q.narrow(3, queries.start, tq)?)?.reshape(&[b, hk, g * tq, dh])?;
         let k_block = keys.narrow(2, key_range.start - cache_start, key_range.len())?;
         let v_block = values.narrow(2, key_range.start - cache_start, key_range.len())?;
+        // Decode-sized blocks on a GPU: one split-KV kernel instead of scores in memory.
+        if x.device().is_cuda() && fits_kernel(&q_block) {
+            let shape = DecodeShape {
+                tq,
+                q_start: start + queries.start,
+                k_start: key_range.start,
+                scale,
+            };
+            let attended = decode_attention(&q_block, &k_block, &v_block, shape)?; // [b, hk, g·tq, dh]
+            outputs.push(attended.reshape(&[b, hk, g, tq, dh])?);
+            continue;
+        }
         let mask = masks.get(g, queries.clone(), start, key_range)?;
         let scores = ops::matmul(&q_block, &k_block.transpose(2, 3)?)?; // [b, hk, g·tq, nk]
         let probs = ops::softmax_last(&ops::add(&ops::scale(&scores, scale)?, mask)?)?;

@@ -1,0 +1,183 @@
+// attention_decode.cu: attention of a few query rows against a KV cache, split over the keys
+// with a fixed split size and combined in a fixed order (flash-decoding), for the decode steps.
+//
+// One KV head group at a time: q [B, HK, R, DH] holds the R = g·tq query rows that share KV
+// head kh (g query heads × tq tokens of the step, head-major), k and v [B, HK, S, DH] the keys
+// and values it may see. Row r is at absolute position q_start + r % tq, key j at k_start + j;
+// key j is visible to row r when its position is at most the row's (causal). Output
+// o [B, HK, R, DH] = softmax(scale · q·kᵀ + mask) · v, per row.
+//
+// Kernels (extern "C"; Rust picks by dtype):
+//   1. attn_decode_split_{f32,bf16,f16}: grid (B·HK, splits), 128 threads. CTA (bh, split)
+//      takes keys [split·SPLIT, +SPLIT); each of its 4 warps streams every 4th key: lanes hold
+//      elements lane, lane+32, ... of q (for all R ≤ 8 rows) and of the key, a warp reduction
+//      gives the R scores, and an online softmax keeps (max, sum, Σ p·v) per row in registers.
+//      The 4 warps merge in shared memory in warp order and write the split's partial
+//      (max, sum, acc[DH]) per row. K and V rows are read once per group, shared by its g heads.
+//   2. attn_decode_combine_{f32,bf16,f16}: one block per (bh, row), DH threads: the splits'
+//      partials merged in split order, o = Σ e^(m_s−M)·acc_s / Σ e^(m_s−M)·l_s, rounded once.
+// The split size is fixed (SPLIT = 256 keys), so the result does not depend on the batch, the
+// grid or the hardware; there are no atomics. Fully masked splits write m = −∞, l = 0.
+//
+// Check: cargo xtask check-kernels                (sm_90a CUBIN, spills are errors, SASS class: none)
+// Test:  cargo test -p l4-kernels attention_decode (CPU always; GPU when present)
+// Bench: none yet.
+
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+#define DEC_THREADS 128
+#define DEC_WARPS (DEC_THREADS / 32)
+#define DEC_SPLIT 256
+#define DEC_MAX_ROWS 8
+#define DEC_MAX_DH 128
+#define DEC_PER_LANE (DEC_MAX_DH / 32)
+
+struct DecodeParams {
+    u64 q_stride_bh;   // elements between (b, kh) groups of q (R·DH when contiguous)
+    u64 k_stride_b, k_stride_h, k_stride_s;
+    u64 v_stride_b, v_stride_h, v_stride_s;
+    u32 heads_kv, rows, tq, dh;
+    u32 keys, splits;
+    long long q_start, k_start;
+    float scale;
+    u32 pad;
+};
+
+L4_DEVICE float dec_load_f32(const void* p, u64 i) { return ((const float*)p)[i]; }
+L4_DEVICE float dec_load_bf16(const void* p, u64 i) { return l4_bf16_to_f32(((const l4_bf16*)p)[i]); }
+L4_DEVICE float dec_load_f16(const void* p, u64 i) { return l4_f16_to_f32(((const l4_f16*)p)[i]); }
+L4_DEVICE void dec_store_f32(void* p, u64 i, float v) { ((float*)p)[i] = v; }
+L4_DEVICE void dec_store_bf16(void* p, u64 i, float v) { ((l4_bf16*)p)[i] = l4_f32_to_bf16(v); }
+L4_DEVICE void dec_store_f16(void* p, u64 i, float v) { ((l4_f16*)p)[i] = l4_f32_to_f16(v); }
+
+// Partials: [B·HK, splits, R] maxima and sums, [B·HK, splits, R, DH] accumulators (f32).
+template <float (*LOAD)(const void*, u64)>
+static __device__ __forceinline__ void decode_split(const void* __restrict__ q, const void* __restrict__ k,
+                                                    const void* __restrict__ v, float* __restrict__ part_m,
+                                                    float* __restrict__ part_l, float* __restrict__ part_acc,
+                                                    const DecodeParams& p) {
+    __shared__ float warp_m[DEC_WARPS][DEC_MAX_ROWS];
+    __shared__ float warp_l[DEC_WARPS][DEC_MAX_ROWS];
+    __shared__ float warp_acc[DEC_WARPS][DEC_MAX_ROWS][DEC_MAX_DH];
+    const u32 bh = blockIdx.x, split = blockIdx.y;
+    const u32 b = bh / p.heads_kv, kh = bh % p.heads_kv;
+    const u32 lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const u32 per_lane = (p.dh + 31) / 32;
+
+    float qv[DEC_MAX_ROWS][DEC_PER_LANE];
+    float acc[DEC_MAX_ROWS][DEC_PER_LANE];
+    float m[DEC_MAX_ROWS], l[DEC_MAX_ROWS];
+#pragma unroll
+    for (int r = 0; r < DEC_MAX_ROWS; ++r) {
+        m[r] = -L4_INF;
+        l[r] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < DEC_PER_LANE; ++c) {
+            const u32 e = lane + 32 * c;
+            const bool live = (u32)r < p.rows && (u32)c < per_lane && e < p.dh;
+            qv[r][c] = live ? LOAD(q, (u64)bh * p.q_stride_bh + (u64)r * p.dh + e) * p.scale : 0.0f;
+            acc[r][c] = 0.0f;
+        }
+    }
+    const u32 first = split * DEC_SPLIT;
+    const u32 last = min(first + DEC_SPLIT, p.keys);
+    const u64 k_base = (u64)b * p.k_stride_b + (u64)kh * p.k_stride_h;
+    const u64 v_base = (u64)b * p.v_stride_b + (u64)kh * p.v_stride_h;
+    for (u32 j = first + warp; j < last; j += DEC_WARPS) {
+        const long long key_pos = p.k_start + j;
+        float kv[DEC_PER_LANE], vv[DEC_PER_LANE];
+#pragma unroll
+        for (int c = 0; c < DEC_PER_LANE; ++c) {
+            const u32 e = lane + 32 * c;
+            const bool live = (u32)c < per_lane && e < p.dh;
+            kv[c] = live ? LOAD(k, k_base + (u64)j * p.k_stride_s + e) : 0.0f;
+            vv[c] = live ? LOAD(v, v_base + (u64)j * p.v_stride_s + e) : 0.0f;
+        }
+#pragma unroll
+        for (int r = 0; r < DEC_MAX_ROWS; ++r) {
+            if ((u32)r >= p.rows) break;
+            const long long q_pos = p.q_start + (long long)(r % p.tq);
+            float s = 0.0f;
+#pragma unroll
+            for (int c = 0; c < DEC_PER_LANE; ++c) s = fmaf(qv[r][c], kv[c], s);
+            s = l4_warp_sum(s);
+            if (key_pos > q_pos) continue;  // masked: the same decision on every lane
+            const float m_new = fmaxf(m[r], s);
+            const float correction = expf(m[r] - m_new);  // 0 on the first visible key
+            const float pj = expf(s - m_new);
+            l[r] = l[r] * correction + pj;
+#pragma unroll
+            for (int c = 0; c < DEC_PER_LANE; ++c) acc[r][c] = acc[r][c] * correction + pj * vv[c];
+            m[r] = m_new;
+        }
+    }
+    // Merge the warps in warp order.
+#pragma unroll
+    for (int r = 0; r < DEC_MAX_ROWS; ++r) {
+        if (lane == 0) {
+            warp_m[warp][r] = m[r];
+            warp_l[warp][r] = l[r];
+        }
+#pragma unroll
+        for (int c = 0; c < DEC_PER_LANE; ++c) {
+            const u32 e = lane + 32 * c;
+            if ((u32)c < per_lane && e < p.dh) warp_acc[warp][r][e] = acc[r][c];
+        }
+    }
+    __syncthreads();
+    for (u32 i = threadIdx.x; i < p.rows * p.dh; i += DEC_THREADS) {
+        const u32 r = i / p.dh, e = i % p.dh;
+        float M = -L4_INF;
+        for (int w = 0; w < DEC_WARPS; ++w) M = fmaxf(M, warp_m[w][r]);
+        float L = 0.0f, A = 0.0f;
+        for (int w = 0; w < DEC_WARPS; ++w) {
+            const float f = warp_m[w][r] == -L4_INF ? 0.0f : expf(warp_m[w][r] - M);
+            L += warp_l[w][r] * f;
+            A += warp_acc[w][r][e] * f;
+        }
+        const u64 row = ((u64)bh * p.splits + split) * p.rows + r;
+        part_acc[row * p.dh + e] = A;
+        if (e == 0) {
+            part_m[row] = M;
+            part_l[row] = L;
+        }
+    }
+}
+
+template <void (*STORE)(void*, u64, float)>
+static __device__ __forceinline__ void decode_combine(const float* __restrict__ part_m, const float* __restrict__ part_l,
+                                                      const float* __restrict__ part_acc, void* __restrict__ out,
+                                                      const DecodeParams& p) {
+    const u32 bh = blockIdx.x / p.rows, r = blockIdx.x % p.rows;
+    for (u32 e = threadIdx.x; e < p.dh; e += blockDim.x) {
+        float M = -L4_INF;
+        for (u32 s = 0; s < p.splits; ++s) M = fmaxf(M, part_m[((u64)bh * p.splits + s) * p.rows + r]);
+        float L = 0.0f, A = 0.0f;
+        for (u32 s = 0; s < p.splits; ++s) {
+            const u64 row = ((u64)bh * p.splits + s) * p.rows + r;
+            const float f = part_m[row] == -L4_INF ? 0.0f : expf(part_m[row] - M);
+            L += part_l[row] * f;
+            A += part_acc[row * p.dh + e] * f;
+        }
+        STORE(out, ((u64)bh * p.rows + r) * p.dh + e, A / L);
+    }
+}
+
+#define L4_DECODE(DT)                                                                                         \
+    extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split_##DT(                        \
+        const void* __restrict__ q, const void* __restrict__ k, const void* __restrict__ v,                  \
+        float* __restrict__ part_m, float* __restrict__ part_l, float* __restrict__ part_acc,                \
+        const DecodeParams p) {                                                                              \
+        decode_split<dec_load_##DT>(q, k, v, part_m, part_l, part_acc, p);                                   \
+    }                                                                                                         \
+    extern "C" __global__ void attn_decode_combine_##DT(const float* __restrict__ part_m,                    \
+                                                        const float* __restrict__ part_l,                    \
+                                                        const float* __restrict__ part_acc,                  \
+                                                        void* __restrict__ out, const DecodeParams p) {      \
+        decode_combine<dec_store_##DT>(part_m, part_l, part_acc, out, p);                                    \
+    }
+
+L4_DECODE(f32)
+L4_DECODE(bf16)
+L4_DECODE(f16)

@@ -1,0 +1,102 @@
+//! `attention_decode`: attention of a few query rows per KV head group against the cache, for
+//! decode steps (flash-decoding: the keys split in fixed-size pieces, merged in a fixed order).
+//!
+//! `q [B, HK, R, DH]`: the `R = g·tq` rows that share KV head `kh` (g query heads × tq step
+//! tokens, head-major), row `r` at position `q_start + r % tq`; `k`, `v [B, HK, S, DH]`, key `j`
+//! at `k_start + j` (any strides, unit stride in `DH`, such as narrowed cache views). Key `j` is
+//! visible to row `r` when `k_start + j ≤ q_start + r % tq`. Output `[B, HK, R, DH]` in q's dtype:
+//! `softmax(scale·q·kᵀ + mask)·v` per row. Every row must see at least one key.
+//!
+//! Devices: the CPU path is [`reference`] (plain loops in f64, rounded once), the CUDA path two
+//! launches of `attention_decode.cu` ([`cuda`]). Limits on CUDA: R ≤ 8, DH ≤ 128; larger
+//! problems are the generic attention's. Accuracy: docs/numerics.md, "Decode attention".
+
+pub mod cuda;
+pub mod reference;
+#[cfg(test)]
+mod tests;
+
+use l4_core::{DType, Device, Error, Result, Tensor};
+
+const OP: &str = "attention_decode";
+
+/// The most query rows per KV head the CUDA kernel takes (`DEC_MAX_ROWS`).
+pub const MAX_ROWS: usize = 8;
+/// The widest head it takes (`DEC_MAX_DH`).
+pub const MAX_HEAD_DIM: usize = 128;
+/// Keys per split (`DEC_SPLIT`), fixed so that results never depend on the launch.
+pub const SPLIT: usize = 256;
+
+/// Where the rows and keys sit, and the softmax scale.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DecodeShape {
+    /// Step tokens per query head (rows are head-major: row r is token r % tq).
+    pub tq: usize,
+    /// Absolute position of the step's first token.
+    pub q_start: usize,
+    /// Absolute position of the first key.
+    pub k_start: usize,
+    /// Softmax scale (`dh^-0.5` for Llama 4).
+    pub scale: f64,
+}
+
+/// Whether the CUDA kernel takes `q`'s shape (callers fall back to generic attention).
+pub fn fits_kernel(q: &Tensor) -> bool {
+    q.rank() == 4 && q.shape()[2] <= MAX_ROWS && q.shape()[3] <= MAX_HEAD_DIM
+}
+
+/// See the module docs. Errors: ranks other than 4, mismatched shapes, dtypes or devices, a
+/// non-float dtype, `R` not a multiple of `tq`, a row that sees no key, a shape outside the
+/// CUDA kernel's limits on CUDA.
+pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, shape: DecodeShape) -> Result<Tensor> {
+    for (t, which) in [(q, "q"), (k, "k"), (v, "v")] {
+        if t.rank() != 4 {
+            return Err(Error::BadShape {
+                op: OP,
+                shape: t.shape().to_vec(),
+                msg: format!("{which} must be [batch, kv heads, rows or keys, head dim]"),
+            });
+        }
+        if t.dtype() != q.dtype() || t.device() != q.device() {
+            return Err(Error::invalid(OP, format!("{which} must share q's dtype and device")));
+        }
+    }
+    if !matches!(q.dtype(), DType::F32 | DType::F16 | DType::BF16) {
+        return Err(Error::DTypeMismatch {
+            op: OP,
+            got: q.dtype(),
+            expected: None,
+        });
+    }
+    let (qs, ks) = (q.shape(), k.shape());
+    let same = ks == v.shape() && ks[0] == qs[0] && ks[1] == qs[1] && ks[3] == qs[3];
+    if !same {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            lhs: qs.to_vec(),
+            rhs: ks.to_vec(),
+        });
+    }
+    let (rows, keys) = (qs[2], ks[2]);
+    if shape.tq == 0 || !rows.is_multiple_of(shape.tq) {
+        return Err(Error::invalid(
+            OP,
+            format!("{rows} rows are not heads x {} tokens", shape.tq),
+        ));
+    }
+    if rows > 0 && (keys == 0 || shape.k_start > shape.q_start) {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "the first query (position {}) sees no key (keys from {} to {})",
+                shape.q_start,
+                shape.k_start,
+                shape.k_start + keys
+            ),
+        ));
+    }
+    match q.device() {
+        Device::Cpu => reference::decode_attention(q, k, v, shape),
+        Device::Cuda(_) => cuda::decode_attention(q, k, v, shape),
+    }
+}

@@ -1,0 +1,166 @@
+//! `attention_decode` on every device against its f64 reference, on random shapes: GQA groups,
+//! several step tokens, keys across several splits, chunk-style key windows that start after
+//! position 0, strided (narrowed) cache views; plus the reference against plain-op attention and
+//! bad input.
+
+use l4_core::testing::{Tolerance, assert_close, gamma, test_devices};
+use l4_core::{DType, Device, Tensor};
+
+use super::{DecodeShape, SPLIT, decode_attention, reference};
+use crate::testing::{Rng, fresh_seed, nvrtc_or_skip};
+use crate::{ATTENTION_DECODE, compile_cubin};
+
+const U32: f64 = f32::EPSILON as f64 / 2.0;
+
+fn random(shape: &[usize], rng: &mut Rng) -> Tensor {
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n)
+        .map(|_| ((rng.next() >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0)
+        .collect();
+    Tensor::from_vec(values, shape, Device::Cpu).unwrap()
+}
+
+/// The bound of docs/numerics.md ("Decode attention") for one f32 evaluation against the exact
+/// result: scores off by `e_s = γ_dh·scale·max Σ|q·k|`, softmax weights then off by a relative
+/// `2·e_s + (s + 4)·u`, the weighted sum by `γ_s`, all times `max |v|`; rounding into the dtype
+/// adds `u(dtype)` relative (the reference rounds once too, hence twice that).
+fn bound(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, dtype: DType) -> Tolerance {
+    let (qv, kv) = (q.to_f64_vec().unwrap(), k.to_f64_vec().unwrap());
+    let dh = q.shape()[3];
+    let keys = k.shape()[2];
+    let max_abs = |x: &[f64]| x.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let score_mass = max_abs(&qv) * max_abs(&kv) * dh as f64 * scale;
+    let e_s = gamma(dh, U32) * score_mass;
+    let vmax = max_abs(&v.to_f64_vec().unwrap());
+    let u_out = match dtype {
+        DType::F32 => U32,
+        DType::BF16 => 2f64.powi(-8),
+        _ => 2f64.powi(-11),
+    };
+    Tolerance {
+        atol: (2.0 * e_s + (keys as f64 + 4.0) * U32 + gamma(keys, U32)) * vmax + 2.0 * u_out * vmax,
+        rtol: 0.0,
+    }
+}
+
+#[test]
+fn matches_the_reference_on_every_device() {
+    let seed = fresh_seed();
+    let mut rng = Rng(seed);
+    let devices: Vec<Device> = test_devices()
+        .into_iter()
+        .filter(|d| d.is_cuda() && nvrtc_or_skip("matches_the_reference_on_every_device"))
+        .collect();
+    for case in 0..12 {
+        let (b, hk) = (1 + rng.below(2), 1 + rng.below(3));
+        let g = [1, 2, 5, 8][case % 4];
+        let tq = if g <= 4 { 1 + rng.below(2) } else { 1 };
+        let dh = [16, 64, 128, 40][case % 4];
+        let keys = [1, 37, SPLIT, SPLIT + 3, 3 * SPLIT + 11][case % 5];
+        let rows = g * tq;
+        let dtype = [DType::F32, DType::BF16][case % 2];
+        // Cache views narrowed out of a longer buffer, as the model's chunked caches are.
+        let pad = rng.below(5);
+        let full_k = random(&[b, hk, keys + pad, dh], &mut rng);
+        let full_v = random(&[b, hk, keys + pad, dh], &mut rng);
+        let q = random(&[b, hk, rows, dh], &mut rng).to_dtype(dtype).unwrap();
+        let (full_k, full_v) = (full_k.to_dtype(dtype).unwrap(), full_v.to_dtype(dtype).unwrap());
+        let k_start = rng.below(100);
+        let shape = DecodeShape {
+            tq,
+            q_start: k_start + keys - tq.min(keys),
+            k_start,
+            scale: (dh as f64).powf(-0.5),
+        };
+        let k = full_k.narrow(2, pad, keys).unwrap();
+        let v = full_v.narrow(2, pad, keys).unwrap();
+        let want = reference::decode_attention(&q, &k, &v, shape).unwrap();
+        let tol = bound(&q, &k, &v, shape.scale, dtype);
+        for &device in &devices {
+            let on = |t: &Tensor| t.to_device(device).unwrap();
+            let (kd, vd) = (
+                on(&full_k).narrow(2, pad, keys).unwrap(),
+                on(&full_v).narrow(2, pad, keys).unwrap(),
+            );
+            let context = format!("seed {seed}: b {b} hk {hk} g {g} tq {tq} dh {dh} keys {keys} {dtype} on {device}");
+            let got = decode_attention(&on(&q), &kd, &vd, shape).unwrap_or_else(|e| panic!("{context}: {e}"));
+            assert_close(&got.to_f64_vec().unwrap(), &want.to_f64_vec().unwrap(), tol, &context).unwrap();
+        }
+    }
+}
+
+/// The reference against attention composed of plain ops (matmul, mask, softmax, matmul).
+#[test]
+fn the_reference_is_masked_softmax_attention() {
+    let mut rng = Rng(fresh_seed());
+    let (rows, tq, dh, keys) = (4, 2, 8, 9);
+    let q = random(&[1, 1, rows, dh], &mut rng);
+    let k = random(&[1, 1, keys, dh], &mut rng);
+    let v = random(&[1, 1, keys, dh], &mut rng);
+    let shape = DecodeShape {
+        tq,
+        q_start: 12,
+        k_start: 5,
+        scale: 0.3,
+    };
+    let got = reference::decode_attention(&q, &k, &v, shape).unwrap();
+    let scores = q.matmul(&k.transpose(2, 3).unwrap()).unwrap().scale(0.3).unwrap();
+    let mut mask = vec![0.0f32; rows * keys];
+    for r in 0..rows {
+        for j in 0..keys {
+            if 5 + j > 12 + r % tq {
+                mask[r * keys + j] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    let mask = Tensor::from_vec(mask, &[rows, keys], Device::Cpu).unwrap();
+    let want = scores.add(&mask).unwrap().softmax(3).unwrap().matmul(&v).unwrap();
+    let tol = bound(&q, &k, &v, 0.3, DType::F32);
+    let pairwise = Tolerance {
+        atol: 2.0 * tol.atol,
+        rtol: 0.0,
+    };
+    assert_close(
+        &got.to_f64_vec().unwrap(),
+        &want.to_f64_vec().unwrap(),
+        pairwise,
+        "reference vs ops",
+    )
+    .unwrap();
+}
+
+#[test]
+fn bad_operands_are_errors() {
+    let q = Tensor::zeros(&[1, 2, 3, 8], DType::F32, Device::Cpu).unwrap();
+    let k = Tensor::zeros(&[1, 2, 5, 8], DType::F32, Device::Cpu).unwrap();
+    let shape = DecodeShape {
+        tq: 1,
+        q_start: 4,
+        k_start: 0,
+        scale: 1.0,
+    };
+    assert!(decode_attention(&q, &k, &k, shape).is_ok());
+    assert!(
+        decode_attention(&q, &k, &k, DecodeShape { tq: 2, ..shape }).is_err(),
+        "3 rows, tq 2"
+    );
+    assert!(
+        decode_attention(&q, &k, &k, DecodeShape { k_start: 5, ..shape }).is_err(),
+        "no visible key"
+    );
+    let wide = Tensor::zeros(&[1, 2, 5, 9], DType::F32, Device::Cpu).unwrap();
+    assert!(decode_attention(&q, &wide, &wide, shape).is_err(), "head dims differ");
+    let bf = k.to_dtype(DType::BF16).unwrap();
+    assert!(decode_attention(&q, &bf, &bf, shape).is_err(), "dtypes differ");
+}
+
+#[test]
+fn compiles_for_every_declared_arch_without_spills() {
+    if !nvrtc_or_skip("compiles_for_every_declared_arch_without_spills") {
+        return;
+    }
+    for arch in ATTENTION_DECODE.archs {
+        let compiled = compile_cubin(&ATTENTION_DECODE, arch, &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(compiled.spill_bytes(), 0, "{}", compiled.log);
+    }
+}
