@@ -14,7 +14,8 @@ What it times (bf16 unless stated; every case catches its own failure and report
   F.rms_norm, softmax -> torch.softmax, rope -> HF Llama 4's eager complex-multiply RoPE,
   embedding -> F.embedding, cast bf16->f8e4m3 -> Tensor.to(float8_e4m3fn), silu -> F.silu,
   mul -> torch.mul, topk -> torch.topk, vector_add -> torch.add, moe_route -> torch's eager
-  routing (topk, sigmoid, bincount, cumsum, stable argsort). Without --criterion results the
+  routing (topk, sigmoid, bincount, cumsum, stable argsort), attention_decode ->
+  scaled_dot_product_attention (default backend, enable_gqa). Without --criterion results the
   Scout GEMM table (the same one benches/src/shapes.rs derives from the preset) is used;
 * torch._scaled_mm in FP8 e4m3 with row-wise scales (per token x per output channel, bf16 out,
   inputs already quantized, use_fast_accum=False) at every GEMM shape l4 benched (the peer of
@@ -390,6 +391,25 @@ def peer_for(entry, results: Results, weights: dict):
             return lambda: torch.topk(x, k, dim=-1)
 
         results.run("torch.topk", f"{function} {value}", make, bytes_=r * c * size + r * k * (size + 8), l4_id=l4_id)
+    elif op == "attention_decode":
+        b, h, hk, s_len, dh = dims(value)
+
+        def make():
+            q = randn(b, h, 1, dh, dtype=tdtype(dt))
+            k = randn(b, hk, s_len, dh, dtype=tdtype(dt))
+            v = randn(b, hk, s_len, dh, dtype=tdtype(dt))
+            sdpa = F.scaled_dot_product_attention
+            try:
+                sdpa(q, k, v, enable_gqa=True)
+                return lambda: sdpa(q, k, v, enable_gqa=True)
+            except Exception as exc:  # noqa: BLE001 - a torch without enable_gqa: repeat k/v
+                refused = first_line(exc)
+            k2, v2 = k.repeat_interleave(h // hk, dim=1), v.repeat_interleave(h // hk, dim=1)
+            return lambda: sdpa(q, k2, v2), f"k/v repeated to {h} heads (enable_gqa refused: {refused})"
+
+        size_kv = 2 * b * hk * s_len * dh * size + 2 * b * h * dh * size
+        results.run("SDPA default", f"decode {value}", make, flops=4 * b * h * s_len * dh, bytes_=size_kv,
+                    l4_id=l4_id)
     elif op == "moe_route":
         t, e = dims(value)
 

@@ -4,7 +4,8 @@
 //! * the memory-bound ops of a Llama 4 layer at Scout's shapes (`shapes::ModelDims`, derived
 //!   from the preset): RMSNorm over width-`d` rows, softmax over attention-score rows, RoPE on
 //!   q and k, the embedding gather, the bf16 → FP8 e4m3 cast, SwiGLU's silu and multiply, and
-//!   top-k (the router's and greedy decoding's over the vocabulary), and the fused MoE routing;
+//!   top-k (the router's and greedy decoding's over the vocabulary), the fused MoE routing, and
+//!   split-KV decode attention over one attention chunk of cached keys;
 //! * the bf16 GEMMs at Scout's forward-pass shapes ([`gemm`], cuBLASLt on CUDA);
 //! * the FP8 GEMMs at the same shapes ([`fp8_gemm`]: l4's kernel with row-wise and block
 //!   scales, cuBLASLt's FP8 GEMM), last, so a fault in the newest kernel cannot take the other
@@ -403,6 +404,61 @@ fn moe_route(c: &mut Criterion) {
     }
 }
 
+/// Split-KV decode attention (`attention_decode`): one new token per sequence attending to a
+/// full attention chunk of cached keys, at batch 1 and 16. `q [b, hk, g, dh]` holds the `g = h/hk`
+/// query heads that share each KV head; `k`, `v [b, hk, s, dh]`. Memory-bound by design: the
+/// bytes are K and V read once plus q and the output; elements are the `b·h·s` scores.
+fn decode_attention(c: &mut Criterion) {
+    use l4_kernels::attention_decode::{DecodeShape, decode_attention};
+    for device in runner::devices() {
+        let (dims, tokens) = setting(device);
+        let group_name = format!("{device}/attention_decode");
+        let Some(mut timer) = runner::timer(&group_name, device) else {
+            continue;
+        };
+        let mut group = c.benchmark_group(&group_name);
+        let dtype = DType::BF16;
+        let (h, hk, dh) = (dims.heads, dims.kv_heads, dims.head_dim);
+        let s = dims.chunk.unwrap_or(tokens.prefill);
+        for b in [1, tokens.decode] {
+            let value = format!("{b}x{h}x{hk}x{s}x{dh}");
+            let id = format!("{group_name}/{dtype}/{value}");
+            let inputs = || -> l4_core::Result<(Tensor, Tensor, Tensor)> {
+                Ok((
+                    randn(&[b, hk, h / hk, dh], dtype, 12, device)?,
+                    randn(&[b, hk, s, dh], dtype, 13, device)?,
+                    randn(&[b, hk, s, dh], dtype, 14, device)?,
+                ))
+            };
+            let Some((q, k, v)) = setup(&id, inputs()) else {
+                continue;
+            };
+            let shape = DecodeShape {
+                tq: 1,
+                q_start: s - 1,
+                k_start: 0,
+                scale: 1.0 / (dh as f64).sqrt(),
+            };
+            let size = dtype.size_in_bytes();
+            let bytes = 2 * b * hk * s * dh * size + 2 * b * h * dh * size;
+            let throughput = criterion::Throughput::ElementsAndBytes {
+                elements: (b * h * s) as u64,
+                bytes: bytes as u64,
+            };
+            bench_op(
+                &mut group,
+                &group_name,
+                &mut timer,
+                dtype.name(),
+                value,
+                throughput,
+                || decode_attention(&q, &k, &v, shape),
+            );
+        }
+        group.finish();
+    }
+}
+
 /// Two seeded tensors of one shape.
 fn pair(shape: &[usize], dtype: DType, device: Device) -> l4_core::Result<(Tensor, Tensor)> {
     Ok((randn(shape, dtype, 1, device)?, randn(shape, dtype, 2, device)?))
@@ -419,6 +475,7 @@ fn main() -> ExitCode {
     swiglu_elementwise(&mut c);
     topk_rows(&mut c);
     moe_route(&mut c);
+    decode_attention(&mut c);
     gemm::matmul_bf16(&mut c);
     fp8_gemm::fp8_gemms(&mut c);
     c.final_summary();
