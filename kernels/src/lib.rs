@@ -13,6 +13,7 @@
 //! declares and checks the tensor-core instruction class in the SASS ([`compile_check`]).
 
 pub mod attention_decode;
+pub mod attention_prefill;
 pub mod cast;
 pub mod compile_check;
 mod disk_cache;
@@ -186,6 +187,15 @@ pub const ATTENTION_DECODE: KernelSource = kernel_source!(
     TensorCoreClass::None
 );
 
+/// Causal and chunked-local prefill attention without materialised scores, on bf16/f16
+/// tensor cores (see `attention_prefill/attention_prefill.cu`).
+pub const ATTENTION_PREFILL: KernelSource = kernel_source!(
+    "attention_prefill",
+    "attention_prefill/attention_prefill.cu",
+    DEFAULT_ARCHS,
+    TensorCoreClass::Hmma
+);
+
 /// Every kernel source, in the order `check-kernels` reports them.
 pub const KERNELS: &[KernelSource] = &[
     VECTOR_ADD,
@@ -201,6 +211,7 @@ pub const KERNELS: &[KernelSource] = &[
     FP8_GEMM,
     MOE_ROUTING,
     ATTENTION_DECODE,
+    ATTENTION_PREFILL,
 ];
 
 /// The registered kernel called `name`.

@@ -6,6 +6,7 @@ use std::ops::Range;
 
 use l4_core::{DType, Device, Error, Result, Tensor};
 use l4_kernels::attention_decode::{DecodeShape, decode_attention, fits_kernel};
+use l4_kernels::attention_prefill::{PrefillShape, fits_kernel as prefill_fits, prefill_attention};
 use l4_kernels::ops;
 
 use super::linear::Linear;
@@ -170,6 +171,23 @@ pub fn attention_forward(
     // Group query heads by their kv head: head i uses kv head i / g.
     let q = ops::contiguous(&q.permute(&[0, 2, 1, 3])?)?.reshape(&[b, hk, g, t, dh])?;
     let scale = (dh as f64).powf(-0.5);
+    // Whole steps on a GPU in bf16/f16: one tensor-core kernel over every chunk, no scores in
+    // memory (decode-sized steps take the split-KV kernel below instead).
+    let heads_by_token = q.reshape(&[b, h, t, dh])?;
+    if x.device().is_cuda() && prefill_fits(&heads_by_token) && !fits_kernel(&q.reshape(&[b, hk, g * t, dh])?) {
+        let shape = PrefillShape {
+            q_start: start,
+            k_start: cache_start,
+            chunk: match layer.span {
+                Span::Chunked(c) => Some(c),
+                Span::Global => None,
+            },
+            scale,
+        };
+        let attended = prefill_attention(&heads_by_token, &keys, &values, shape)?; // [b, h, t, dh]
+        let attended = ops::contiguous(&attended.permute(&[0, 2, 1, 3])?)?.reshape(&[b, t, h * dh])?;
+        return weights.o.forward(&attended);
+    }
     let mut outputs = Vec::new();
     for (queries, key_range) in query_blocks(layer.span, start, t, cache_start) {
         let tq = queries.len();
