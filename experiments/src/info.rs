@@ -133,5 +133,18 @@ pub fn model_report(model: &str) -> anyhow::Result<String> {
         "  KV cache: {} bytes per token in bf16 (chunked layers stop growing at their chunk)",
         spec.kv_cache_bytes_per_token(2)
     );
+    if let Some(vision) = l4_model::loader::resolve_vision(model, &spec)? {
+        let _ = writeln!(
+            out,
+            "  vision: {} layers, width {}, {} heads, {}px tiles of {}px patches -> {} tokens per tile; {:.2}B parameters",
+            vision.num_layers,
+            vision.hidden_size,
+            vision.num_heads,
+            vision.image_size,
+            vision.patch_size,
+            vision.tokens_per_tile(),
+            vision.param_count() as f64 / 1e9
+        );
+    }
     Ok(out)
 }

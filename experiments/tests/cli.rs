@@ -976,3 +976,11 @@ fn router_strategies_run_report_loads_and_bad_specs_are_errors() {
         fs::remove_file(&out).unwrap();
     }
 }
+
+#[test]
+fn info_describes_a_vision_tower() {
+    let dir = fixture().parent().unwrap().join("tiny-vision-tiles");
+    let argv = args(&["info".into(), "--model".into(), dir.into_os_string()]);
+    let report = assert_succeeded(&argv, &l4(&argv));
+    assert!(report.contains("vision: 2 layers, width 48"), "{report}");
+}
