@@ -7,8 +7,8 @@ Reads, all from the run's output folder (each part is optional):
 
 * criterion/**/new/{benchmark,estimates}.json: every l4 bench entry (ids `<device>/<op>/...`);
   the median time per repetition, and throughput from criterion's "elements" and "bytes"
-  (elements are FLOPs in the GEMM groups, whose names contain `matmul` or `gemm`; tensor
-  elements elsewhere, where bytes/s is the figure that counts: benches/src/units.rs);
+  (elements are FLOPs in the groups whose names contain `matmul`, `gemm` or `attention_prefill`;
+  tensor elements elsewhere, where bytes/s is the figure that counts: benches/src/units.rs);
 * peers.json from tools/peer_baselines.py: PyTorch peers at the same shapes, joined on the l4 id;
   `l4/peer` is the peer's median time over l4's (above 1: l4 is faster);
 * e2e.log (the `l4 bench` output) and summary.txt (run.sh's PASS/FAIL lines), printed last;
@@ -39,6 +39,11 @@ except Exception:  # noqa: BLE001 - the summary must not depend on the peers scr
 
     def roofline(peaks, flops, bytes_, seconds, flop_key="bf16_flops"):
         return None, None
+
+
+# Groups whose criterion "elements" are FLOPs (benches/src/units.rs); the rest count tensor
+# elements and are read by their bytes/s.
+FLOP_GROUPS = ("matmul", "gemm", "attention_prefill")
 
 
 def load_json(path):
@@ -222,7 +227,7 @@ def summarize(out_dir, since=None):
         value = bench.get("value_str") or ""
         elements, bytes_ = throughput(bench)
         on_cuda = full_id.startswith("cuda")
-        if "matmul" in group or "gemm" in group:
+        if any(marker in group for marker in FLOP_GROUPS):
             flop_key = "fp8_flops" if "fp8" in group else "bf16_flops"
             fraction, bound = roofline(peaks, elements, bytes_, seconds, flop_key) if on_cuda else (None, None)
             entry = {"id": full_id, "seconds": seconds, "flops": elements, "fraction": fraction, "bound": bound}
@@ -237,6 +242,7 @@ def summarize(out_dir, since=None):
                         fmt_time(seconds),
                         fmt_num(elements / seconds / 1e12 if elements else None, ".2f"),
                         fmt_fraction(fraction, bound),
+                        *peer_cells(full_id, seconds),
                     ]
                 )
         else:
@@ -315,11 +321,11 @@ def summarize(out_dir, since=None):
             ],
             gemm_rows,
         )
-    if other_gemm_rows:
-        md += ["", "other GEMM entries:", ""]
-        md += table(["gemm", "m×n×k", "l4", "TFLOP/s", "of peak"], other_gemm_rows)
-    if not gemm_rows and not other_gemm_rows:
+    if not gemm_rows:
         md.append("no GEMM results")
+    if other_gemm_rows:
+        md += ["", f"## Other compute-bound entries on {device or 'no device'} (FLOPs of useful work)", ""]
+        md += table(["entry", "dims", "l4", "TFLOP/s", "of peak", "peer", "peer time", "l4/peer"], other_gemm_rows)
     md += ["", f"## l4 kernels on {device or 'no device'} (bytes/s of compulsory traffic)", ""]
     if op_rows:
         md += table(["op", "dtype", "dims", "l4", "GB/s", "of HBM", "peer", "peer time", "l4/peer"], op_rows)

@@ -14,8 +14,9 @@ What it times (bf16 unless stated; every case catches its own failure and report
   F.rms_norm, softmax -> torch.softmax, rope -> HF Llama 4's eager complex-multiply RoPE,
   embedding -> F.embedding, cast bf16->f8e4m3 -> Tensor.to(float8_e4m3fn), silu -> F.silu,
   mul -> torch.mul, topk -> torch.topk, vector_add -> torch.add, moe_route -> torch's eager
-  routing (topk, sigmoid, bincount, cumsum, stable argsort), attention_decode ->
-  scaled_dot_product_attention (default backend, enable_gqa). Without --criterion results the
+  routing (topk, sigmoid, bincount, cumsum, stable argsort), attention_decode and causal
+  attention_prefill -> scaled_dot_product_attention (default backend, enable_gqa), chunked
+  attention_prefill -> the FlexAttention case of its shape (below). Without --criterion results the
   Scout GEMM table (the same one benches/src/shapes.rs derives from the preset) is used;
 * torch._scaled_mm in FP8 e4m3 with row-wise scales (per token x per output channel, bf16 out,
   inputs already quantized, use_fast_accum=False) at every GEMM shape l4 benched (the peer of
@@ -410,6 +411,27 @@ def peer_for(entry, results: Results, weights: dict):
         size_kv = 2 * b * hk * s_len * dh * size + 2 * b * h * dh * size
         results.run("SDPA default", f"decode {value}", make, flops=4 * b * h * s_len * dh, bytes_=size_kv,
                     l4_id=l4_id)
+    elif op == "attention_prefill":
+        if "_chunk" in function:
+            return False  # FlexAttention's chunked case is its peer (linked after it runs)
+        b, h, hk, t, dh = dims(value)
+
+        def make():
+            q = randn(b, h, t, dh, dtype=tdtype(dt))
+            k = randn(b, hk, t, dh, dtype=tdtype(dt))
+            v = randn(b, hk, t, dh, dtype=tdtype(dt))
+            sdpa = F.scaled_dot_product_attention
+            try:
+                sdpa(q, k, v, is_causal=True, enable_gqa=True)
+                return lambda: sdpa(q, k, v, is_causal=True, enable_gqa=True)
+            except Exception as exc:  # noqa: BLE001 - a torch without enable_gqa: repeat k/v
+                refused = first_line(exc)
+            k2, v2 = k.repeat_interleave(h // hk, dim=1), v.repeat_interleave(h // hk, dim=1)
+            return lambda: sdpa(q, k2, v2, is_causal=True), f"k/v repeated to {h} heads (enable_gqa refused: {refused})"
+
+        pairs = b * h * attention_pairs(t, t, True)
+        results.run("SDPA default", f"prefill causal {value}", make, flops=4 * pairs * dh,
+                    bytes_=2 * 2 * (h + hk) * b * t * dh, l4_id=l4_id)
     elif op == "moe_route":
         t, e = dims(value)
 
@@ -627,13 +649,28 @@ def flex_cases(results: Results, peaks, reserve):
     for s in seqs:
         case = f"prefill b1 t{s} s{s} chunk {CHUNK}"
         row = got.get(case) or {"op": "FlexAttention chunked", "case": case, "status": "unavailable",
-                                "reason": reason or "no result"}
+                                "reason": reason or "no result", "shape": [1, HEADS, KV_HEADS, s, s, HEAD_DIM]}
         if row.get("status") == "ok":
             seconds = row["ms"] / 1e3
             row["tflops"] = row["flops"] / seconds / 1e12
             row["gbps"] = row["bytes"] / seconds / 1e9
             row["peak_fraction"], row["bound"] = roofline(peaks, row["flops"], row["bytes"], seconds)
         results.add(row)
+
+
+def link_flex_to_l4(results: Results, entries):
+    """Marks each FlexAttention row as the peer of l4's chunked prefill entry of its shape."""
+    for entry in entries:
+        group, function = str(entry.get("group_id", "")), str(entry.get("function_id") or "")
+        if not group.endswith("attention_prefill") or f"_chunk{CHUNK}" not in function:
+            continue
+        try:
+            b, h, hk, t, dh = dims(entry.get("value_str") or "")
+        except ValueError:
+            continue
+        for row in results.rows:
+            if row.get("op", "").startswith("FlexAttention") and row.get("shape") == [b, h, hk, t, t, dh]:
+                row["l4_id"] = entry.get("full_id")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -741,6 +778,7 @@ def main(argv=None):
 
     sdpa_cases(results)
     flex_cases(results, peaks, reserve=FLEX_RESERVE_S)
+    link_flex_to_l4(results, entries)
     grouped_mm_cases(results)
     scaled_mm_cases(results, gemm_shapes)
 

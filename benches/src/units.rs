@@ -7,8 +7,9 @@
 //!   at the dtype's size. Re-reads that a kernel makes are not counted, so bytes/s is a lower
 //!   bound on achieved bandwidth and compares directly with the device's peak.
 //! * A memory-bound op (softmax, norms) reports elements as the number of tensor elements.
-//!   Only the GEMM groups (names containing `matmul` or `gemm`) report FLOPs as elements; every
-//!   other group's elements are tensor elements, and its bytes/s is what to compare with the card.
+//!   Only the GEMM groups (names containing `matmul` or `gemm`) and prefill attention
+//!   (`attention_prefill`, FLOPs of the visible pairs) report FLOPs as elements; every other
+//!   group's elements are tensor elements, and its bytes/s is what to compare with the card.
 //!   Groups with `fp8` in the name are read against the FP8 peak, the other GEMMs against bf16.
 //! * **Fraction of peak**: [`DevicePeaks`] holds the datasheet peaks of the cards l4lab runs on,
 //!   detected from the device name; `tools/gpu_summary.py` divides the measured FLOP/s and bytes/s

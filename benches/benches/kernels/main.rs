@@ -6,6 +6,7 @@
 //!   q and k, the embedding gather, the bf16 → FP8 e4m3 cast, SwiGLU's silu and multiply, and
 //!   top-k (the router's and greedy decoding's over the vocabulary), the fused MoE routing, and
 //!   split-KV decode attention over one attention chunk of cached keys;
+//! * prefill attention, global causal and chunked (compute-bound: FLOPs as elements);
 //! * the bf16 GEMMs at Scout's forward-pass shapes ([`gemm`], cuBLASLt on CUDA);
 //! * the FP8 GEMMs at the same shapes ([`fp8_gemm`]: l4's kernel with row-wise and block
 //!   scales, cuBLASLt's FP8 GEMM), last, so a fault in the newest kernel cannot take the other
@@ -459,6 +460,77 @@ fn decode_attention(c: &mut Criterion) {
     }
 }
 
+/// Prefill attention (`attention_prefill`, tensor cores, online softmax), bf16: global causal
+/// over a 2048-token prompt (Llama 4's NoPE layers) and chunked causal over 16384 tokens (its
+/// RoPE layers: two 8192-token chunks, key tiles outside a query's chunk skipped). Compute-bound:
+/// elements are FLOPs over the visible (query, key) pairs only, 4·dh each (QKᵀ and PV), so a
+/// masked half is never credited; bytes are q, k, v and the output once.
+fn prefill_attention(c: &mut Criterion) {
+    use l4_kernels::attention_prefill::{PrefillShape, prefill_attention};
+    for device in runner::devices() {
+        let (dims, tokens) = setting(device);
+        let group_name = format!("{device}/attention_prefill");
+        let Some(mut timer) = runner::timer(&group_name, device) else {
+            continue;
+        };
+        let mut group = c.benchmark_group(&group_name);
+        let dtype = DType::BF16;
+        let (h, hk, dh) = (dims.heads, dims.kv_heads, dims.head_dim);
+        let mut cases = vec![(tokens.prefill, None)];
+        if let Some(chunk) = dims.chunk {
+            cases.push((2 * chunk, Some(chunk)));
+        }
+        for (t, chunk) in cases {
+            let function = match chunk {
+                None => format!("{dtype}_causal"),
+                Some(c) => format!("{dtype}_chunk{c}"),
+            };
+            let value = format!("1x{h}x{hk}x{t}x{dh}");
+            let id = format!("{group_name}/{function}/{value}");
+            let inputs = || -> l4_core::Result<(Tensor, Tensor, Tensor)> {
+                Ok((
+                    randn(&[1, h, t, dh], dtype, 15, device)?,
+                    randn(&[1, hk, t, dh], dtype, 16, device)?,
+                    randn(&[1, hk, t, dh], dtype, 17, device)?,
+                ))
+            };
+            let Some((q, k, v)) = setup(&id, inputs()) else {
+                continue;
+            };
+            let shape = PrefillShape {
+                q_start: 0,
+                k_start: 0,
+                chunk,
+                scale: 1.0 / (dh as f64).sqrt(),
+            };
+            // Visible pairs: each chunk (or the whole prompt) is causal on its own.
+            let span = chunk.unwrap_or(t);
+            let pairs: usize = (0..t)
+                .step_by(span)
+                .map(|start| {
+                    let len = span.min(t - start);
+                    len * (len + 1) / 2
+                })
+                .sum();
+            let size = dtype.size_in_bytes();
+            let throughput = criterion::Throughput::ElementsAndBytes {
+                elements: (4 * h * pairs * dh) as u64,
+                bytes: (2 * (h + hk) * t * dh * size) as u64,
+            };
+            bench_op(
+                &mut group,
+                &group_name,
+                &mut timer,
+                &function,
+                value,
+                throughput,
+                || prefill_attention(&q, &k, &v, shape),
+            );
+        }
+        group.finish();
+    }
+}
+
 /// Two seeded tensors of one shape.
 fn pair(shape: &[usize], dtype: DType, device: Device) -> l4_core::Result<(Tensor, Tensor)> {
     Ok((randn(shape, dtype, 1, device)?, randn(shape, dtype, 2, device)?))
@@ -476,6 +548,7 @@ fn main() -> ExitCode {
     topk_rows(&mut c);
     moe_route(&mut c);
     decode_attention(&mut c);
+    prefill_attention(&mut c);
     gemm::matmul_bf16(&mut c);
     fp8_gemm::fp8_gemms(&mut c);
     c.final_summary();
