@@ -150,6 +150,9 @@ fn copy_executable(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// `cargo xtask gpu-pack [--exclude PACKAGE]...`.
+/// The tarball the packed executables travel in (`run.sh` unpacks it).
+const PACKED_EXECUTABLES: &str = "executables.tar.gz";
+
 pub fn command(args: &[OsString]) -> Result<ExitCode> {
     let mut excluded = vec!["xtask".to_string()];
     let mut it = args.iter().map(|a| a.to_string_lossy().into_owned());
@@ -210,6 +213,25 @@ pub fn command(args: &[OsString]) -> Result<ExitCode> {
         copy_executable(l4, &out_dir.join("l4"))?;
         packed.insert("l4".into(), l4.clone());
     }
+    // The executables travel as one gzip'd tarball (about a third of their size: the carry to
+    // the GPU machine is capped at 64 MiB); run.sh unpacks it next to itself before anything else.
+    let names: Vec<&String> = packed.keys().collect();
+    let status = Command::new("tar")
+        .arg("-czf")
+        .arg(PACKED_EXECUTABLES)
+        .args(&names)
+        .current_dir(&out_dir)
+        .status()
+        .context("cannot run tar to compress the executables")?;
+    if !status.success() {
+        bail!(
+            "tar failed ({status}) compressing the executables in {}",
+            out_dir.display()
+        );
+    }
+    for name in &names {
+        std::fs::remove_file(out_dir.join(name))?;
+    }
     let run_sh = out_dir.join("run.sh");
     std::fs::write(&run_sh, RUN_SH)?;
     set_executable(&run_sh)?;
@@ -227,7 +249,7 @@ pub fn command(args: &[OsString]) -> Result<ExitCode> {
         eprintln!("  {:>10}  gpu-bin/{}", size, entry.file_name().to_string_lossy());
     }
     println!(
-        "gpu-bin/: {} executables + run.sh + {} scripts, {:.1} MB in total. On the GPU machine, from the repo root: bash gpu-bin/run.sh",
+        "gpu-bin/: {} executables (in {PACKED_EXECUTABLES}) + run.sh + {} scripts, {:.1} MB in total. On the GPU machine, from the repo root: bash gpu-bin/run.sh",
         packed.len(),
         PACKED_TOOLS.len(),
         total as f64 / 1e6

@@ -7,6 +7,8 @@
 #   L4_REQUIRE_GPU=0 OUT=/tmp/dry bash gpu-bin/run.sh        # dry run on a machine without a GPU
 #   L4_SANITIZE=memcheck L4_SANITIZE_BIN=lib-l4_kernels bash gpu-bin/run.sh
 #
+# The executables arrive as gpu-bin/executables.tar.gz and are unpacked next to it first.
+#
 # What a normal run does, in order (each step's log goes to $OUT/<step>.log):
 #   1. env.txt: host, driver, GPU, which libnvrtc is loaded, compute-sanitizer, python/torch;
 #   2. `l4 info`, then every test binary (gpu-bin/lib-*, test-*, bin-*), one at a time;
@@ -64,6 +66,10 @@ shopt -s nullglob
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root" || exit 2
 bin_dir=gpu-bin
+# gpu-pack ships the executables as one tarball (the carry to the GPU machine is capped).
+if [ -f "$bin_dir/executables.tar.gz" ]; then
+  tar -xzf "$bin_dir/executables.tar.gz" -C "$bin_dir" || { echo "cannot unpack $bin_dir/executables.tar.gz"; exit 2; }
+fi
 out=${OUT:-gpu-out}
 mkdir -p "$out" || exit 2
 out=$(cd "$out" && pwd)
