@@ -8,7 +8,8 @@
 //! * [`weights`]: the weight-name table and the sources that fill it (checkpoints, seeded random);
 //! * [`parts`]: attention, RoPE, SwiGLU, MoE and the routing strategies;
 //! * [`llama4`]: the decoder that assembles the parts; [`kv_cache`], [`generate`]: decoding;
-//! * [`loader`]: a model from a checkpoint folder or a preset name;
+//! * [`loader`]: a model from a checkpoint folder or a preset name; [`overrides`]: the same
+//!   model with config-level options changed (for ablations);
 //! * [`vision`]: the early-fusion vision path (encoder, adapter, projector, image preprocessing
 //!   and the image's token layout).
 
@@ -17,6 +18,7 @@ pub mod hf_config;
 pub mod kv_cache;
 pub mod llama4;
 pub mod loader;
+pub mod overrides;
 pub mod parts;
 pub mod presets;
 pub mod spec;

@@ -394,14 +394,15 @@ impl Llama4 {
     }
 
     /// The same model with the weights `mode` selects held in e4m3, run in FP8 (`experts`,
-    /// `all`) or dequantized into the compute dtype (`dequant`); `none` changes nothing. The
+    /// `experts-block`, `all`) or dequantized into the compute dtype (`dequant`); `none` changes nothing. The
     /// router, the embedding and the lm_head always stay in the compute dtype.
     pub fn with_fp8(mut self, mode: Fp8Mode) -> Result<Self> {
         mode.check_dtype(self.dtype)?;
         let (dtype, num_layers) = (self.dtype, self.layers.len());
-        let convert = |l: &Linear| match mode.dequantizes() {
-            true => l.to_dequantized(dtype),
-            false => l.to_fp8(),
+        let convert = |l: &Linear| match (mode.dequantizes(), mode.weight_granularity()) {
+            (true, _) => l.to_dequantized(dtype),
+            (false, Granularity::PerRow) => l.to_fp8(),
+            (false, blocks) => l.to_fp8_with(blocks),
         };
         // Weights stored in FP8 run in FP8 unless the mode asks for the compute dtype.
         let stored = |l: &Linear| match mode.dequantizes() && l.is_fp8() {

@@ -160,6 +160,42 @@ fn tiny_maverick() -> HfTextConfig {
     }
 }
 
+/// A small Scout for ablations on a CPU (the default base of `l4 ablate`): Scout's layout
+/// (every layer MoE with 16 experts, top-1 plus a shared expert; NoPE every 4th layer;
+/// QK-norm; llama3 RoPE scaling) at width 128 over 8 layers, about 7.6M parameters. Chunks of 32
+/// tokens and a temperature floor_scale of 32 make a 128-token prompt cross three chunk
+/// boundaries and raise the NoPE temperature within it, and scaling starts beyond 64 positions,
+/// so positional ablations change something on short prompts. Widths are multiples of 128, the
+/// FP8 block size.
+fn mini_scout() -> HfTextConfig {
+    HfTextConfig {
+        vocab_size: Some(2048),
+        hidden_size: Some(128),
+        intermediate_size: Some(128),
+        intermediate_size_mlp: Some(256),
+        num_hidden_layers: Some(8),
+        num_attention_heads: Some(4),
+        num_key_value_heads: Some(2),
+        head_dim: Some(32),
+        attention_chunk_size: Some(32),
+        floor_scale: Some(32.0),
+        max_position_embeddings: Some(65_536),
+        rope_theta: Some(10_000.0),
+        rope_scaling: Some(HfRopeParameters {
+            rope_type: Some("llama3".into()),
+            factor: Some(8.0),
+            low_freq_factor: Some(1.0),
+            high_freq_factor: Some(4.0),
+            original_max_position_embeddings: Some(64),
+            ..HfRopeParameters::default()
+        }),
+        bos_token_id: Some(1),
+        eos_token_id: Some(OneOrMany::One(2)),
+        pad_token_id: Some(0),
+        ..scout()
+    }
+}
+
 /// Every built-in preset.
 pub const PRESETS: &[Preset] = &[
     Preset {
@@ -192,6 +228,11 @@ pub const PRESETS: &[Preset] = &[
         description: "tiny Maverick-like test model (dense and MoE layers interleaved)",
         config: tiny_maverick,
     },
+    Preset {
+        name: "mini-scout",
+        description: "small Scout for CPU ablations (8 layers, width 128, 16 experts, chunks of 32)",
+        config: mini_scout,
+    },
 ];
 
 /// The preset called `name`, or an error listing the known names.
@@ -208,6 +249,7 @@ pub fn preset(name: &str) -> Result<&'static Preset> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::Ffn;
 
     fn billions(name: &str) -> (f64, f64) {
         let (total, active) = preset(name).unwrap().spec().param_counts();
@@ -249,6 +291,22 @@ mod tests {
         assert_eq!(slice.vocab_size, scout.vocab_size);
         let (total, _) = billions("llama4-scout-slice");
         assert!((10.0..11.5).contains(&total), "slice total {total}");
+    }
+
+    #[test]
+    fn mini_scout_has_scouts_layout_at_a_small_width() {
+        let mini = preset("mini-scout").unwrap().spec();
+        let scout = preset("llama4-scout-17b-16e").unwrap().spec();
+        assert_eq!(mini.num_layers(), 8);
+        for (m, s) in mini.layers.iter().zip(&scout.layers) {
+            assert_eq!((m.position, m.qk_norm), (s.position, s.qk_norm));
+            let (Ffn::Moe(m), Ffn::Moe(s)) = (&m.ffn, &s.ffn) else {
+                panic!("Scout's layers are all MoE")
+            };
+            assert_eq!((m.num_experts, m.top_k, &m.router), (s.num_experts, s.top_k, &s.router));
+        }
+        let (total, _) = mini.param_counts();
+        assert!((7_000_000..8_000_000).contains(&total), "{total}");
     }
 
     #[test]

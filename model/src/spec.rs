@@ -246,7 +246,11 @@ impl ModelSpec {
                         top_k,
                         expert_intermediate,
                         shared_intermediate: Some(expert_intermediate),
-                        router: "llama4".into(),
+                        // Llama 4's router takes the top `num_experts_per_tok` logits, as HF's does.
+                        router: match top_k {
+                            1 => "llama4".into(),
+                            k => format!("llama4:k={k}"),
+                        },
                     })
                 } else {
                     Ffn::Dense {
@@ -520,6 +524,16 @@ mod tests {
         assert!(matches!(s.layers[1].ffn, Ffn::Moe(_)));
         assert_eq!(s.layers[2].ffn, Ffn::Dense { intermediate: 96 });
         assert!(matches!(s.layers[3].ffn, Ffn::Moe(_)));
+    }
+
+    #[test]
+    fn experts_per_token_sets_the_llama4_routers_k() {
+        let router = |json: &str| match &spec(json).unwrap().layers[0].ffn {
+            Ffn::Moe(moe) => moe.router.clone(),
+            Ffn::Dense { .. } => panic!("layer 0 is dense"),
+        };
+        assert_eq!(router("{}"), "llama4");
+        assert_eq!(router(r#"{"num_experts_per_tok": 2}"#), "llama4:k=2");
     }
 
     #[test]

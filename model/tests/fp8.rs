@@ -1,14 +1,16 @@
 //! FP8 weights in the model on the HF fixtures, on every device: `none` changes nothing, the
-//! three FP8 modes stay close to the f32 model (top-1 agreement and the largest logit error are
+//! four FP8 modes stay close to the f32 model (top-1 agreement and the largest logit error are
 //! reported; only a sanity bound is asserted, as the FP8 issue asks), and bad combinations are
 //! errors.
 
 use std::path::PathBuf;
 
 use l4_core::checkpoint::Checkpoint;
-use l4_core::testing::test_devices;
+use l4_core::testing::{Tolerance, assert_close, test_devices};
 use l4_core::{DType, Device, Tensor};
+use l4_kernels::quant::{Granularity, quantize};
 use l4_model::parts::fp8::Fp8Mode;
+use l4_model::parts::linear::Linear;
 use l4_model::{Capture, Llama4, loader};
 
 fn fixture_dir(name: &str) -> PathBuf {
@@ -47,7 +49,7 @@ fn fp8_modes_stay_close_to_the_f32_model() {
                 base,
                 "{name}: none"
             );
-            for mode in [Fp8Mode::Experts, Fp8Mode::Dequant, Fp8Mode::All] {
+            for mode in [Fp8Mode::Experts, Fp8Mode::ExpertsBlock, Fp8Mode::Dequant, Fp8Mode::All] {
                 let got = logits(&load().with_fp8(mode).unwrap(), &ids);
                 let max_err = got.iter().zip(&base).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 let rows = base.len() / v;
@@ -76,6 +78,7 @@ fn fp8_modes_parse_and_check_the_compute_dtype() {
     for (text, mode) in [
         ("none", Fp8Mode::None),
         ("experts", Fp8Mode::Experts),
+        ("experts-block", Fp8Mode::ExpertsBlock),
         ("all", Fp8Mode::All),
         ("dequant", Fp8Mode::Dequant),
     ] {
@@ -84,12 +87,71 @@ fn fp8_modes_parse_and_check_the_compute_dtype() {
     }
     let err = "fp4".parse::<Fp8Mode>().unwrap_err().to_string();
     assert!(err.contains("experts"), "{err}");
-    let model = loader::load("tiny-scout", DType::F16, Device::Cpu).unwrap();
-    let err = model.with_fp8(Fp8Mode::Experts).unwrap_err().to_string();
-    assert!(err.contains("f16"), "{err}");
+    for mode in [Fp8Mode::Experts, Fp8Mode::ExpertsBlock] {
+        let model = loader::load("tiny-scout", DType::F16, Device::Cpu).unwrap();
+        let err = model.with_fp8(mode).unwrap_err().to_string();
+        assert!(err.contains("f16"), "{err}");
+    }
     // Meta's recipe skips the first and the last layer; `all` takes every layer.
     assert!(!Fp8Mode::Experts.quantizes_experts(0, 4) && !Fp8Mode::Experts.quantizes_experts(3, 4));
     assert!(Fp8Mode::Experts.quantizes_experts(1, 4) && Fp8Mode::All.quantizes_experts(0, 4));
+    // The block recipe takes the same layers.
+    for layer in 0..4 {
+        assert_eq!(
+            Fp8Mode::ExpertsBlock.quantizes_experts(layer, 4),
+            Fp8Mode::Experts.quantizes_experts(layer, 4)
+        );
+    }
+}
+
+/// A block-scaled linear computes `Σ_k (x_q·s_x)(W_q·s_w)` with `x` in 1×128 blocks of each
+/// token (no activation bound) and `W` in 128×128 blocks, clipped at the edges: checked against
+/// that sum in f64 from the codes and scales, with K and N not multiples of 128. The bound is
+/// the f32 reduction rule over the K products (the CPU path accumulates in f64, the GPU's in
+/// f32), with M the sum of their magnitudes.
+#[test]
+fn block_scaled_linear_is_the_sum_over_its_blocks() {
+    let (m, n, k) = (5, 130, 200);
+    let block_w = Granularity::Block { rows: 128, cols: 128 };
+    let block_x = Granularity::Block { rows: 1, cols: 128 };
+    for device in test_devices() {
+        // One outlier per tensor: per-row scales would coarsen its whole row, blocks only its block.
+        let mut x = Tensor::randn(&[m, k], DType::F32, 3, Device::Cpu)
+            .unwrap()
+            .to_f32_vec()
+            .unwrap();
+        x[7] = 3000.0;
+        let x = Tensor::from_f32_vec(x, &[m, k], DType::F32, device).unwrap();
+        let w = Tensor::randn(&[n, k], DType::F32, 4, device).unwrap();
+        let linear = Linear::from_hf_weight(&w).unwrap().to_fp8_with(block_w).unwrap();
+        assert!(linear.is_fp8());
+        let got = linear.forward(&x).unwrap().to_f64_vec().unwrap();
+        let host = |t: &Tensor| t.to_device(Device::Cpu).unwrap().to_f64_vec().unwrap();
+        let (xq, wq) = (
+            quantize(&x, block_x, None).unwrap(),
+            quantize(&w, block_w, None).unwrap(),
+        );
+        let (xv, xs, wv, ws) = (host(&xq.values), host(&xq.scales), host(&wq.values), host(&wq.scales));
+        let k_blocks = k.div_ceil(128);
+        let (mut want, mut magnitude) = (vec![0f64; m * n], 0f64);
+        for (i, j) in (0..m).flat_map(|i| (0..n).map(move |j| (i, j))) {
+            let terms = (0..k).map(|p| {
+                let a = xv[i * k + p] * xs[i * k_blocks + p / 128];
+                let b = wv[j * k + p] * ws[(j / 128) * k_blocks + p / 128];
+                a * b
+            });
+            let (sum, abs) = terms.fold((0.0, 0.0), |(s, a), t| (s + t, a + t.abs()));
+            want[i * n + j] = sum;
+            magnitude = magnitude.max(abs);
+        }
+        assert_close(
+            &got,
+            &want,
+            Tolerance::reduction(DType::F32, k, magnitude),
+            &format!("block-scaled linear on {device}"),
+        )
+        .unwrap();
+    }
 }
 
 /// tiny-scout-fp8 (tools/make_fp8_fixture.py) stores layers 1 and 2's experts as e4m3 codes

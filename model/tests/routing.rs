@@ -60,6 +60,7 @@ proptest! {
         let groups = if e % 2 == 0 && e >= 2 { 2 } else { 1 };
         let specs = [
             ("llama4".to_string(), 1),
+            (format!("llama4:k={k}"), k),
             (format!("softmax-topk:k={k}"), k),
             (format!("softmax-topk:k={k},renorm=false"), k),
             (format!("deepseek-v3:k={k},groups={groups},topk_groups={groups},scale=2.5"), k),
@@ -190,6 +191,26 @@ fn random_routing_is_fixed_by_its_seed() {
     );
 }
 
+/// `llama4:k=K` keeps Llama 4's rule for every chosen expert: the K largest logits, best first,
+/// each weighted by its own sigmoid on the expert input; `llama4` is `llama4:k=1`.
+#[test]
+fn llama4_top_k_takes_the_largest_logits_with_sigmoid_weights() {
+    let logits = [0.5, -1.0, 2.0, 1.5, /* token 1 */ -0.25, 3.0, 3.0, 0.0];
+    let r = route("llama4:k=2", &logits, 2, 4, None);
+    let chosen: Vec<(usize, usize)> = r.assignments.iter().map(|a| (a.token, a.expert)).collect();
+    // Token 1's tie between experts 1 and 2 goes to the lower index first.
+    assert_eq!(chosen, [(0, 2), (0, 3), (1, 1), (1, 2)]);
+    for a in &r.assignments {
+        let logit = logits[a.token * 4 + a.expert];
+        assert_eq!(a.weight, 1.0 / (1.0 + (-logit).exp()), "{a:?}");
+    }
+    assert_eq!(r.placement, WeightPlacement::Input);
+    assert_eq!(
+        route("llama4:k=1", &logits, 2, 4, None),
+        route("llama4", &logits, 2, 4, None)
+    );
+}
+
 #[test]
 fn bad_specs_are_errors_naming_what_is_wrong() {
     for (spec, needle) in [
@@ -218,6 +239,7 @@ fn bad_specs_are_errors_naming_what_is_wrong() {
     };
     for (spec, needle) in [
         ("softmax-topk:k=7", "k = 7"),
+        ("llama4:k=7", "k = 7"),
         ("deepseek-v3:groups=4", "divide"),
         ("forced:expert=6", "expert 6"),
     ] {

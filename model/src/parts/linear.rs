@@ -6,6 +6,7 @@
 
 use l4_core::{DType, Error, Result, Tensor};
 use l4_kernels::ops;
+use l4_kernels::quant::Granularity;
 
 use super::fp8::Fp8Linear;
 
@@ -14,7 +15,7 @@ use super::fp8::Fp8Linear;
 enum Weight {
     /// `Wᵀ [in, out]` in the compute dtype.
     Dense(Tensor),
-    /// e4m3 `[out, in]` with per-channel scales.
+    /// e4m3 `[out, in]` with per-channel (or block) scales.
     Fp8(Fp8Linear),
 }
 
@@ -80,6 +81,18 @@ impl Linear {
             Weight::Dense(w_t) => Ok(Linear::from_fp8(Fp8Linear::quantize(&w_t.transpose(0, 1)?)?)),
             Weight::Fp8(_) => Ok(self.clone()),
         }
+    }
+
+    /// The same layer with its weight in e4m3 grouped by `granularity` (per output channel, or
+    /// 128×128 blocks), run in FP8. A weight already in FP8 with other scales is quantized
+    /// again from its f32 dequantization.
+    pub fn to_fp8_with(&self, granularity: Granularity) -> Result<Linear> {
+        let weight = match &self.weight {
+            Weight::Fp8(l) if l.granularity() == granularity => return Ok(self.clone()),
+            Weight::Fp8(l) => l.dequantized(DType::F32)?,
+            Weight::Dense(w_t) => w_t.transpose(0, 1)?,
+        };
+        Ok(Linear::from_fp8(Fp8Linear::quantize_with(&weight, granularity)?))
     }
 
     /// The same layer in `dtype` with the e4m3 rounding of its weight: an FP8 weight

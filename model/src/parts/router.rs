@@ -2,8 +2,9 @@
 //!
 //! The MoE block only sees the [`Router`] trait, so a new strategy needs no change to the model.
 //! Strategies are chosen at run time from a spec string, `name[:key=value,...]`
-//! ([`router_by_name`]): `llama4`, `softmax-topk:k=2`, `deepseek-v3:k=2,groups=4,topk_groups=2`,
-//! `expert-choice:capacity=1.25`, `hash`, `random:k=1,seed=7`, `forced:expert=3`. Token-choice
+//! ([`router_by_name`]): `llama4` (top-1; `llama4:k=2` for top-2), `softmax-topk:k=2`,
+//! `deepseek-v3:k=2,groups=4,topk_groups=2`, `expert-choice:capacity=1.25`, `hash`,
+//! `random:k=1,seed=7`, `forced:expert=3`. Token-choice
 //! strategies also take `capacity=C`: each expert then keeps at most `⌈C·n·k/e⌉` assignments,
 //! in token order, and the rest are dropped (and counted).
 //!
@@ -245,12 +246,23 @@ fn check_k(name: &str, k: usize, e: usize) -> Result<()> {
 
 // ---- strategies --------------------------------------------------------------------------------
 
-/// Llama 4's router: top-1 by raw logit, weight `sigmoid(logit)`, applied to the expert input.
-/// No softmax, no renormalisation, no scaling factor.
-#[derive(Clone, Copy, Debug, Default)]
+/// Llama 4's router: top-k by raw logit (k = 1 in every published checkpoint), weight
+/// `sigmoid(logit)` of each chosen expert, applied to the expert input. No softmax, no
+/// renormalisation, no scaling factor. HF's `Llama4TextMoe` takes the same top-k for
+/// `num_experts_per_tok > 1`.
+#[derive(Clone, Copy, Debug)]
 pub struct Llama4Router {
+    /// Experts per token.
+    pub k: usize,
     /// Optional capacity factor.
     pub capacity: Option<f64>,
+}
+
+impl Default for Llama4Router {
+    /// Top-1, no capacity: the published configuration.
+    fn default() -> Self {
+        Llama4Router { k: 1, capacity: None }
+    }
 }
 
 impl Router for Llama4Router {
@@ -259,27 +271,24 @@ impl Router for Llama4Router {
     }
 
     fn fused(&self) -> Option<RouteKind> {
-        self.capacity.is_none().then_some(RouteKind::Llama4)
+        // The fused kernel's Llama 4 rule is top-1 only.
+        (self.capacity.is_none() && self.k == 1).then_some(RouteKind::Llama4)
     }
 
     fn route(&self, input: &RouterInput<'_>) -> Result<Routing> {
         check_input(self.name(), input)?;
         let e = input.n_experts;
-        let assignments = input
-            .logits
-            .chunks(e)
-            .enumerate()
-            .map(|(token, row)| {
-                // First index of the maximum (a stable choice on exact ties).
-                let best = (0..e).fold(0, |b, i| if row[i] > row[b] { i } else { b });
-                Assignment {
-                    token,
-                    expert: best,
-                    weight: sigmoid(row[best]),
-                }
-            })
-            .collect();
-        let (assignments, dropped) = apply_capacity(assignments, self.capacity, input.n_tokens, 1, e);
+        check_k(self.name(), self.k, e)?;
+        let mut assignments = Vec::with_capacity(input.n_tokens * self.k);
+        for (token, row) in input.logits.chunks(e).enumerate() {
+            // Largest logits first; exact ties go to the lower index (a stable choice).
+            assignments.extend(top_k(row, self.k).into_iter().map(|expert| Assignment {
+                token,
+                expert,
+                weight: sigmoid(row[expert]),
+            }));
+        }
+        let (assignments, dropped) = apply_capacity(assignments, self.capacity, input.n_tokens, self.k, e);
         Ok(Routing {
             n_tokens: input.n_tokens,
             n_experts: e,
@@ -702,7 +711,10 @@ pub fn router_by_name(spec: &str) -> Result<Box<dyn Router>> {
         ));
     }
     let router: Box<dyn Router> = match name {
-        "llama4" => Box::new(Llama4Router { capacity }),
+        "llama4" => Box::new(Llama4Router {
+            k: p.get("k")?.unwrap_or(1),
+            capacity,
+        }),
         "softmax-topk" => Box::new(SoftmaxTopK {
             k: p.get("k")?.unwrap_or(2),
             renormalize: p.get("renorm")?.unwrap_or(true),
