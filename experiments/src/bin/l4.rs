@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use l4_core::{DType, Device};
+use l4_experiments::ablate::{self, AblateOptions};
 use l4_experiments::bench::{self, BenchOptions};
 use l4_experiments::run::{self, PromptSource, RunOptions};
 use l4_model::parts::fp8::Fp8Mode;
@@ -57,6 +58,33 @@ impl ModelArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run an ablation file: a base model and variants of it on the same prompts. Writes
+    /// resolved.toml, metrics.jsonl, summary.csv and SVG plots to a results folder and prints
+    /// a summary table.
+    Ablate {
+        /// The ablation file (see experiments/ablations/).
+        file: PathBuf,
+        /// The results folder (default: results/<name>-<UTC time>); an existing one is only
+        /// replaced with --force.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// A checkpoint folder or preset in place of the file's base model.
+        #[arg(long)]
+        model: Option<String>,
+        /// cpu, cuda, cuda:N or auto, in place of the file's device.
+        #[arg(long)]
+        device: Option<Device>,
+        /// Replace an existing results folder.
+        #[arg(long)]
+        force: bool,
+        /// Change a value of the file, e.g. --set eval.prompts=2 or --set base.dtype=bf16
+        /// (repeatable; reaches [base], [eval] and the top level).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// CPU threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Devices, NVRTC and presets; with --model, the resolved plan and its sizes.
     Info {
         /// A checkpoint folder or preset to describe (nothing is allocated).
@@ -159,6 +187,30 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Command::Ablate {
+            file,
+            out,
+            model,
+            device,
+            force,
+            sets,
+            threads,
+        } => {
+            let options = AblateOptions {
+                file,
+                out,
+                model,
+                device,
+                force,
+                sets,
+            };
+            set_threads(threads).and_then(|()| {
+                ablate::ablate(&options).map(|report| {
+                    print!("{}", report.table);
+                    println!("results: {}", report.out.display());
+                })
+            })
+        }
         Command::Info { model: None } => {
             print!("{}", l4_experiments::info::report());
             Ok(())
