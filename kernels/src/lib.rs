@@ -28,6 +28,7 @@ pub mod moe_routing;
 pub mod norm;
 pub mod nvrtc;
 pub mod ops;
+pub mod paged_kv;
 pub mod quant;
 pub mod random;
 pub mod rope;
@@ -196,6 +197,11 @@ pub const ATTENTION_PREFILL: KernelSource = kernel_source!(
     TensorCoreClass::Hmma
 );
 
+/// Paged KV cache: a step's keys/values written into pool blocks through the block table, and
+/// the pool gathered back into a contiguous tensor (see `paged_kv/paged_kv.cu`).
+pub const PAGED_KV: KernelSource =
+    kernel_source!("paged_kv", "paged_kv/paged_kv.cu", DEFAULT_ARCHS, TensorCoreClass::None);
+
 /// Every kernel source, in the order `check-kernels` reports them.
 pub const KERNELS: &[KernelSource] = &[
     VECTOR_ADD,
@@ -212,6 +218,7 @@ pub const KERNELS: &[KernelSource] = &[
     MOE_ROUTING,
     ATTENTION_DECODE,
     ATTENTION_PREFILL,
+    PAGED_KV,
 ];
 
 /// The registered kernel called `name`.
