@@ -24,6 +24,7 @@ pub mod gather;
 pub mod launch;
 pub mod loader;
 pub mod matmul;
+pub mod moe_experts;
 pub mod moe_routing;
 pub mod norm;
 pub mod nvrtc;
@@ -179,6 +180,16 @@ pub const MOE_ROUTING: KernelSource = kernel_source!(
     TensorCoreClass::None
 );
 
+/// The routed experts as grouped GEMMs over tokens sorted by expert: gate_up with SwiGLU in its
+/// epilogue, down with the routing weight, the shared expert and a fixed-order combine, on
+/// bf16/f16 tensor cores (see `moe_experts/moe_experts.cu`).
+pub const MOE_EXPERTS: KernelSource = kernel_source!(
+    "moe_experts",
+    "moe_experts/moe_experts.cu",
+    DEFAULT_ARCHS,
+    TensorCoreClass::Hmma
+);
+
 /// Split-KV decode attention with a fixed split and a fixed-order combine (see
 /// `attention_decode/attention_decode.cu`).
 pub const ATTENTION_DECODE: KernelSource = kernel_source!(
@@ -216,6 +227,7 @@ pub const KERNELS: &[KernelSource] = &[
     QUANT,
     FP8_GEMM,
     MOE_ROUTING,
+    MOE_EXPERTS,
     ATTENTION_DECODE,
     ATTENTION_PREFILL,
     PAGED_KV,

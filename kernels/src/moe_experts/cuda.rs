@@ -1,0 +1,291 @@
+//! The CUDA launchers of `moe_experts.cu`: gather, gate_up + SwiGLU, down + combine.
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use l4_core::cuda::CudaBackend;
+use l4_core::{DType, Device, Error, Result, Tensor};
+
+use super::{ExpertShape, OP, WeightOn};
+use crate::gather::cuda::{alloc_poisoned_in_tests, empty_output};
+use crate::launch::{backend_of, contiguous_bytes, grid_1d, output_tensor};
+use crate::moe_routing::RoutedTokens;
+use crate::ops::contiguous;
+use crate::{MOE_EXPERTS, load_function};
+
+/// Threads per CTA of both tensor-core shapes (`__launch_bounds__(128)`).
+const MMA_THREADS: u32 = 128;
+/// Rows per CTA: the wide (prefill) shape and the decode shape.
+const WIDE_ROWS: usize = 64;
+const DECODE_ROWS: usize = 16;
+/// Steps of at most this many slots take the decode shape (every expert's tokens, up to 16 per
+/// CTA, share one pass over its weight columns).
+pub const DECODE_MAX_SLOTS: usize = 64;
+/// Output columns per CTA: h columns of gate_up (64 gate + 64 up in the B tile), d columns of down.
+const GATE_UP_COLS: usize = 64;
+const DOWN_COLS: usize = 128;
+/// Threads per block of the elementwise-shaped kernels (gather, scalar GEMMs, combine).
+const THREADS: u32 = 256;
+
+fn dtype_name(dtype: DType) -> Result<&'static str> {
+    match dtype {
+        DType::F32 => Ok("f32"),
+        DType::BF16 => Ok("bf16"),
+        DType::F16 => Ok("f16"),
+        other => Err(Error::DTypeMismatch {
+            op: OP,
+            got: other,
+            expected: None,
+        }),
+    }
+}
+
+/// Whether the tensor-core kernels take this problem: bf16/f16, and rows of whole 16-byte chunks.
+pub fn uses_tensor_cores(dtype: DType, d: usize, f: usize) -> bool {
+    matches!(dtype, DType::BF16 | DType::F16) && d.is_multiple_of(8) && f.is_multiple_of(8)
+}
+
+fn as_i32(value: usize, what: &str) -> Result<i32> {
+    i32::try_from(value).map_err(|_| Error::invalid(OP, format!("{what} = {value} exceeds the kernel's 32-bit sizes")))
+}
+
+/// The tensor-core grid: (column blocks, an upper bound on the (expert, m-block) tiles).
+fn mma_config(cols: usize, col_block: usize, slots: usize, experts: usize) -> (LaunchConfig, &'static str) {
+    let (rows, shape) = if slots <= DECODE_MAX_SLOTS {
+        (DECODE_ROWS, "decode")
+    } else {
+        (WIDE_ROWS, "wide")
+    };
+    // Σ_e ceil(c_e / BM) ≤ ceil(S / BM) + (experts with a token); the extra CTAs exit at once.
+    let tiles = slots.div_ceil(rows) + experts.min(slots);
+    let config = LaunchConfig {
+        grid_dim: (cols.div_ceil(col_block) as u32, tiles as u32, 1),
+        block_dim: (MMA_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    (config, shape)
+}
+
+/// A host computation moved back to `device` (the degenerate sizes, where no kernel runs).
+fn on_host(device: Device, run: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
+    let out = run()?;
+    match device {
+        Device::Cuda(ordinal) if out.elem_count() == 0 => {
+            empty_output(&*l4_core::cuda::backend(ordinal)?, out.dtype(), out.shape())
+        }
+        _ => out.to_device(device),
+    }
+}
+
+fn host_routing(routed: &RoutedTokens) -> Result<RoutedTokens> {
+    Ok(RoutedTokens {
+        topk_expert: routed.topk_expert.to_device(Device::Cpu)?,
+        topk_weight: routed.topk_weight.to_device(Device::Cpu)?,
+        expert_count: routed.expert_count.to_device(Device::Cpu)?,
+        expert_offset: routed.expert_offset.to_device(Device::Cpu)?,
+        sorted_slots: routed.sorted_slots.to_device(Device::Cpu)?,
+    })
+}
+
+/// `xs [S, d]`: the expert inputs in sorted order, scaled by the slot weight for `Input`.
+fn gather_inputs(
+    backend: &CudaBackend,
+    x: &Tensor,
+    routed: &RoutedTokens,
+    weight_on: WeightOn,
+    shape: ExpertShape,
+) -> Result<Tensor> {
+    let ExpertShape { t, d, k, .. } = shape;
+    let slots = t * k;
+    let function = load_function(backend, &MOE_EXPERTS, &format!("me_gather_{}", dtype_name(x.dtype())?))?;
+    let x = contiguous(x)?;
+    let xb = contiguous_bytes(&x, OP, "x")?;
+    let sorted = contiguous_bytes(&routed.sorted_slots, OP, "sorted_slots")?;
+    let weight = contiguous(&routed.topk_weight)?;
+    let weight = contiguous_bytes(&weight, OP, "topk_weight")?;
+    let mut xs = alloc_poisoned_in_tests(backend, OP, x.dtype(), slots * d)?;
+    let (slots32, k32, d32) = (as_i32(slots, "slots")?, as_i32(k, "k")?, as_i32(d, "d")?);
+    let null: u64 = 0;
+    let mut builder = backend.stream().launch_builder(&function);
+    builder.arg(&xb).arg(&sorted);
+    match weight_on {
+        WeightOn::Input => builder.arg(&weight),
+        WeightOn::Output => builder.arg(&null),
+    };
+    builder.arg(&mut xs).arg(&slots32).arg(&k32).arg(&d32);
+    // SAFETY: (x [t, d], sorted [S] i32, weight [S] f32 or null, xs [S, d], int S, k, d) as
+    // `me_gather_*` declares; every slot index is < t·k (moe_routing's bijection).
+    unsafe { builder.launch(grid_1d(backend, slots * d, THREADS, 8)) }?;
+    output_tensor(xs, x.dtype(), backend.info().ordinal, &[slots, d])
+}
+
+/// See [`super::gate_up_swiglu`]; the operands are checked.
+pub fn gate_up_swiglu(
+    x: &Tensor,
+    routed: &RoutedTokens,
+    gate_up: &Tensor,
+    weight_on: WeightOn,
+    shape: ExpertShape,
+) -> Result<Tensor> {
+    let ExpertShape { t, d, f, e, k } = shape;
+    let slots = t * k;
+    if slots == 0 || d == 0 || f == 0 {
+        let (xc, gc, rc) = (
+            x.to_device(Device::Cpu)?,
+            gate_up.to_device(Device::Cpu)?,
+            host_routing(routed)?,
+        );
+        return on_host(x.device(), || {
+            super::reference::gate_up_swiglu(&xc, &rc, &gc, weight_on, shape)
+        });
+    }
+    let backend = backend_of(x, OP)?;
+    let dtype = dtype_name(x.dtype())?;
+    let xs = gather_inputs(&backend, x, routed, weight_on, shape)?;
+    let xs_b = contiguous_bytes(&xs, OP, "xs")?;
+    let gate_up = contiguous(gate_up)?;
+    let w = contiguous_bytes(&gate_up, OP, "gate_up")?;
+    let offset = contiguous_bytes(&routed.expert_offset, OP, "expert_offset")?;
+    let mut h = alloc_poisoned_in_tests(&backend, OP, x.dtype(), slots * f)?;
+    let (e32, s32, d32, f32_) = (
+        as_i32(e, "e")?,
+        as_i32(slots, "slots")?,
+        as_i32(d, "d")?,
+        as_i32(f, "f")?,
+    );
+    if uses_tensor_cores(x.dtype(), d, f) {
+        let (config, kind) = mma_config(f, GATE_UP_COLS, slots, e);
+        let function = load_function(&backend, &MOE_EXPERTS, &format!("me_gate_up_{dtype}_{kind}"))?;
+        let mut builder = backend.stream().launch_builder(&function);
+        builder
+            .arg(&xs_b)
+            .arg(&w)
+            .arg(&offset)
+            .arg(&e32)
+            .arg(&d32)
+            .arg(&f32_)
+            .arg(&mut h);
+        // SAFETY: (xs [S, d], w [e, d, 2f], offset [e+1] i32, int e, d, f, h [S, f]) as
+        // `me_gate_up_*_{wide,decode}` declares; d and f are multiples of 8 (16-byte cp.async
+        // chunks); the offsets come from moe_routing (monotone, offset[e] = S).
+        unsafe { builder.launch(config) }?;
+    } else {
+        let function = load_function(&backend, &MOE_EXPERTS, &format!("me_gate_up_scalar_{dtype}"))?;
+        let mut builder = backend.stream().launch_builder(&function);
+        builder
+            .arg(&xs_b)
+            .arg(&w)
+            .arg(&offset)
+            .arg(&e32)
+            .arg(&s32)
+            .arg(&d32)
+            .arg(&f32_)
+            .arg(&mut h);
+        // SAFETY: (xs [S, d], w [e, d, 2f], offset [e+1], int e, S, d, f, h [S, f]) as
+        // `me_gate_up_scalar_*` declares.
+        unsafe { builder.launch(grid_1d(&backend, slots * f, THREADS, 8)) }?;
+    }
+    output_tensor(h, x.dtype(), backend.info().ordinal, &[slots, f])
+}
+
+/// See [`super::down_combine`]; the operands are checked.
+pub fn down_combine(
+    h: &Tensor,
+    routed: &RoutedTokens,
+    down: &Tensor,
+    weight_on: WeightOn,
+    shared: Option<&Tensor>,
+    shape: ExpertShape,
+) -> Result<Tensor> {
+    let ExpertShape { t, d, f, e, k } = shape;
+    let slots = t * k;
+    if slots == 0 || d == 0 || f == 0 {
+        let (hc, dc, rc) = (
+            h.to_device(Device::Cpu)?,
+            down.to_device(Device::Cpu)?,
+            host_routing(routed)?,
+        );
+        let sc = shared.map(|s| s.to_device(Device::Cpu)).transpose()?;
+        return on_host(h.device(), || {
+            super::reference::down_combine(&hc, &rc, &dc, weight_on, sc.as_ref(), shape)
+        });
+    }
+    let backend = backend_of(h, OP)?;
+    let dtype = dtype_name(h.dtype())?;
+    let h = contiguous(h)?;
+    let hb = contiguous_bytes(&h, OP, "h")?;
+    let down = contiguous(down)?;
+    let w = contiguous_bytes(&down, OP, "down")?;
+    let offset = contiguous_bytes(&routed.expert_offset, OP, "expert_offset")?;
+    let sorted = contiguous_bytes(&routed.sorted_slots, OP, "sorted_slots")?;
+    let weight = contiguous(&routed.topk_weight)?;
+    let weight = contiguous_bytes(&weight, OP, "topk_weight")?;
+    let shared = shared.map(contiguous).transpose()?;
+    let shared_b = shared.as_ref().map(|s| contiguous_bytes(s, OP, "shared")).transpose()?;
+    let mut out = alloc_poisoned_in_tests(&backend, OP, h.dtype(), t * d)?;
+    // One slot per token: the epilogue writes out[token] itself. Otherwise per-slot f32 rows,
+    // then the fixed-order combine.
+    let direct = k == 1;
+    let mut slot_out = if direct {
+        None
+    } else {
+        Some(alloc_poisoned_in_tests(&backend, OP, DType::F32, slots * d)?)
+    };
+    let (e32, s32, d32, f32_, k32) = (
+        as_i32(e, "e")?,
+        as_i32(slots, "slots")?,
+        as_i32(d, "d")?,
+        as_i32(f, "f")?,
+        as_i32(k, "k")?,
+    );
+    let null: u64 = 0;
+    let tensor_cores = uses_tensor_cores(h.dtype(), d, f);
+    let (config, name) = if tensor_cores {
+        let (config, kind) = mma_config(d, DOWN_COLS, slots, e);
+        (config, format!("me_down_{dtype}_{kind}"))
+    } else {
+        (
+            grid_1d(&backend, slots * d, THREADS, 8),
+            format!("me_down_scalar_{dtype}"),
+        )
+    };
+    let function = load_function(&backend, &MOE_EXPERTS, &name)?;
+    let mut builder = backend.stream().launch_builder(&function);
+    builder.arg(&hb).arg(&w).arg(&offset).arg(&e32);
+    if !tensor_cores {
+        builder.arg(&s32);
+    }
+    builder.arg(&f32_).arg(&d32).arg(&sorted);
+    match weight_on {
+        WeightOn::Output => builder.arg(&weight),
+        WeightOn::Input => builder.arg(&null),
+    };
+    builder.arg(&k32);
+    match (&shared_b, direct) {
+        (Some(s), true) => builder.arg(s),
+        _ => builder.arg(&null),
+    };
+    if direct {
+        builder.arg(&mut out).arg(&null);
+    } else if let Some(slot_out) = slot_out.as_mut() {
+        builder.arg(&null).arg(slot_out);
+    }
+    // SAFETY: (h [S, f], w [e, f, d], offset [e+1], int e, [int S,] int f, d, sorted [S],
+    // weight [S] f32 or null, int k, shared [t, d] or null, out [t, d] or null, slot_out [S, d]
+    // f32 or null) as `me_down_*` declares; exactly one of out and slot_out is non-null; d and f
+    // are multiples of 8 on the tensor-core path.
+    unsafe { builder.launch(config) }?;
+    if let Some(slot_out) = slot_out {
+        let function = load_function(&backend, &MOE_EXPERTS, &format!("me_combine_{dtype}"))?;
+        let t32 = as_i32(t, "t")?;
+        let mut builder = backend.stream().launch_builder(&function);
+        builder.arg(&slot_out);
+        match &shared_b {
+            Some(s) => builder.arg(s),
+            None => builder.arg(&null),
+        };
+        builder.arg(&mut out).arg(&t32).arg(&k32).arg(&d32);
+        // SAFETY: (slot_out [S, d] f32, shared [t, d] or null, out [t, d], int t, k, d) as
+        // `me_combine_*` declares.
+        unsafe { builder.launch(grid_1d(&backend, t * d, THREADS, 8)) }?;
+    }
+    output_tensor(out, h.dtype(), backend.info().ordinal, &[t, d])
+}

@@ -1,0 +1,217 @@
+//! `moe_experts`: a MoE block's routed experts as grouped GEMMs over the token slots that
+//! [`crate::moe_routing`] sorted by expert, with SwiGLU fused into the gate_up GEMM and the
+//! routing weight, the combine over each token's slots and the shared expert's output fused into
+//! the down GEMM.
+//!
+//! Inputs: `x [t, d]`, the routing ([`RoutedTokens`]: `sorted_slots [S]`, `expert_offset [e+1]`,
+//! `topk_weight [t, k]`, `S = t·k`), `gate_up [e, d, 2f]` (gate in the first `f` columns, HF's
+//! layout, applied as `x · W`) and `down [e, f, d]`, all in one float dtype.
+//!
+//! What is computed (slot `s = t·k + j`, sorted row `r`, `slot(r) = sorted_slots[r]`):
+//! * [`gate_up_swiglu`]: `h[r] = round(silu(a_r·Wg) ⊙ (a_r·Wu))`, `h [S, f]` in sorted-row
+//!   order, with `a_r = round(x[token] · w[slot])` when the weight applies to the input
+//!   ([`WeightOn::Input`], Llama 4) and `x[token]` otherwise;
+//! * [`down_combine`]: `out[t] = round(shared[t] + Σ_j y[t·k + j])`, the sum in slot order,
+//!   `y[slot(r)] = (h[r]·Wd) · (w[slot] if WeightOn::Output else 1)`.
+//!
+//! Devices: the CPU path is [`reference`] (f64 accumulation, one rounding into the dtype); the
+//! CUDA path is [`cuda`] (bf16/f16 tensor cores when `d` and `f` are multiples of 8, f32
+//! accumulation; a scalar kernel otherwise). Every CUDA output is written by one thread in a fixed
+//! order: runs are bitwise reproducible. Tolerance: docs/numerics.md, "Grouped expert GEMM".
+
+pub mod cuda;
+pub mod reference;
+#[cfg(test)]
+mod tests;
+
+use l4_core::{DType, Device, Error, Result, Tensor};
+
+use crate::moe_routing::RoutedTokens;
+
+const OP: &str = "moe_experts";
+
+/// Where the routing weight multiplies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightOn {
+    /// The expert's input, rounded into the dtype before the GEMM (Llama 4).
+    Input,
+    /// The expert's output, before the combine (Mixtral/Qwen-style softmax top-k).
+    Output,
+}
+
+/// The sizes of one grouped expert computation, checked against each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpertShape {
+    /// Tokens.
+    pub t: usize,
+    /// Model width.
+    pub d: usize,
+    /// Expert width.
+    pub f: usize,
+    /// Routed experts.
+    pub e: usize,
+    /// Experts per token (slots `S = t·k`).
+    pub k: usize,
+}
+
+fn bad_shape(what: &str, shape: &[usize], msg: String) -> Error {
+    Error::BadShape {
+        op: OP,
+        shape: shape.to_vec(),
+        msg: format!("{what}: {msg}"),
+    }
+}
+
+/// Checks the routing against `t` tokens and `e` experts and returns `k`.
+fn check_routing(routed: &RoutedTokens, t: usize, e: usize, device: Device) -> Result<usize> {
+    let &[rt, k] = routed.topk_weight.shape() else {
+        return Err(bad_shape(
+            "topk_weight",
+            routed.topk_weight.shape(),
+            "expected [t, k]".into(),
+        ));
+    };
+    if rt != t || k == 0 {
+        return Err(bad_shape(
+            "topk_weight",
+            routed.topk_weight.shape(),
+            format!("expected [{t}, k ≥ 1]"),
+        ));
+    }
+    if routed.sorted_slots.shape() != [t * k] {
+        return Err(bad_shape(
+            "sorted_slots",
+            routed.sorted_slots.shape(),
+            format!("expected [{}]", t * k),
+        ));
+    }
+    if routed.expert_offset.shape() != [e + 1] {
+        return Err(bad_shape(
+            "expert_offset",
+            routed.expert_offset.shape(),
+            format!("expected [{}]", e + 1),
+        ));
+    }
+    for (which, tensor, dtype) in [
+        ("topk_weight", &routed.topk_weight, DType::F32),
+        ("sorted_slots", &routed.sorted_slots, DType::I32),
+        ("expert_offset", &routed.expert_offset, DType::I32),
+    ] {
+        if tensor.dtype() != dtype {
+            return Err(Error::invalid(
+                OP,
+                format!("`{which}` must be {dtype:?}, got {:?}", tensor.dtype()),
+            ));
+        }
+        if tensor.device() != device {
+            return Err(Error::invalid(
+                OP,
+                format!("`{which}` is on {:?}, the activations on {device:?}", tensor.device()),
+            ));
+        }
+    }
+    Ok(k)
+}
+
+fn check_operand(which: &str, tensor: &Tensor, dtype: DType, device: Device) -> Result<()> {
+    if tensor.dtype() != dtype {
+        return Err(Error::DTypeMismatch {
+            op: OP,
+            got: tensor.dtype(),
+            expected: Some(dtype),
+        });
+    }
+    if tensor.device() != device {
+        return Err(Error::invalid(
+            OP,
+            format!("`{which}` is on {:?}, the activations on {device:?}", tensor.device()),
+        ));
+    }
+    Ok(())
+}
+
+fn check_float(x: &Tensor) -> Result<()> {
+    if !matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16) {
+        return Err(Error::DTypeMismatch {
+            op: OP,
+            got: x.dtype(),
+            expected: None,
+        });
+    }
+    Ok(())
+}
+
+/// `h [S, f]` (sorted-row order) from `x [t, d]` and `gate_up [e, d, 2f]`; see the module docs.
+pub fn gate_up_swiglu(x: &Tensor, routed: &RoutedTokens, gate_up: &Tensor, weight_on: WeightOn) -> Result<Tensor> {
+    check_float(x)?;
+    let &[t, d] = x.shape() else {
+        return Err(bad_shape("x", x.shape(), "expected [t, d]".into()));
+    };
+    let &[e, gd, f2] = gate_up.shape() else {
+        return Err(bad_shape("gate_up", gate_up.shape(), "expected [e, d, 2f]".into()));
+    };
+    if gd != d || !f2.is_multiple_of(2) || e == 0 {
+        return Err(bad_shape(
+            "gate_up",
+            gate_up.shape(),
+            format!("expected [e ≥ 1, {d}, 2f]"),
+        ));
+    }
+    check_operand("gate_up", gate_up, x.dtype(), x.device())?;
+    let k = check_routing(routed, t, e, x.device())?;
+    let shape = ExpertShape { t, d, f: f2 / 2, e, k };
+    match x.device() {
+        Device::Cpu => reference::gate_up_swiglu(x, routed, gate_up, weight_on, shape),
+        Device::Cuda(_) => cuda::gate_up_swiglu(x, routed, gate_up, weight_on, shape),
+    }
+}
+
+/// `out [t, d]` from `h [S, f]` (sorted-row order), `down [e, f, d]` and the optional shared
+/// expert's output `[t, d]`; see the module docs.
+pub fn down_combine(
+    h: &Tensor,
+    routed: &RoutedTokens,
+    down: &Tensor,
+    weight_on: WeightOn,
+    shared: Option<&Tensor>,
+) -> Result<Tensor> {
+    check_float(h)?;
+    let &[e, f, d] = down.shape() else {
+        return Err(bad_shape("down", down.shape(), "expected [e, f, d]".into()));
+    };
+    let t = routed.topk_weight.shape().first().copied().unwrap_or(0);
+    let k = check_routing(routed, t, e, h.device())?;
+    if h.shape() != [t * k, f] || e == 0 {
+        return Err(bad_shape(
+            "h",
+            h.shape(),
+            format!("expected [{}, {f}] for down {:?}", t * k, down.shape()),
+        ));
+    }
+    check_operand("down", down, h.dtype(), h.device())?;
+    if let Some(s) = shared {
+        check_operand("shared", s, h.dtype(), h.device())?;
+        if s.shape() != [t, d] {
+            return Err(bad_shape("shared", s.shape(), format!("expected [{t}, {d}]")));
+        }
+    }
+    let shape = ExpertShape { t, d, f, e, k };
+    match h.device() {
+        Device::Cpu => reference::down_combine(h, routed, down, weight_on, shared, shape),
+        Device::Cuda(_) => cuda::down_combine(h, routed, down, weight_on, shared, shape),
+    }
+}
+
+/// The routed experts of a MoE block plus the shared expert's output: [`gate_up_swiglu`] then
+/// [`down_combine`]. `x [t, d]`, `gate_up [e, d, 2f]`, `down [e, f, d]` → `[t, d]`.
+pub fn moe_experts(
+    x: &Tensor,
+    routed: &RoutedTokens,
+    gate_up: &Tensor,
+    down: &Tensor,
+    weight_on: WeightOn,
+    shared: Option<&Tensor>,
+) -> Result<Tensor> {
+    let h = gate_up_swiglu(x, routed, gate_up, weight_on)?;
+    down_combine(&h, routed, down, weight_on, shared)
+}

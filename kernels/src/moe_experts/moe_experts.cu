@@ -1,0 +1,436 @@
+// moe_experts.cu: the routed experts of a MoE block as grouped GEMMs over tokens sorted by
+// expert (the `sorted_slots` / `expert_offset` of moe_routing), in four launches:
+//
+//   1. me_gather_*: xs[r] = round(x[token(r)] · round(w[slot(r)])) (or a copy), the expert inputs
+//      in sorted order [S, d]. The scale is applied and rounded here, as Llama 4 scales its
+//      expert input in the compute dtype, so the GEMMs read dense rows with cp.async.
+//   2. me_gate_up_*: h[r] = round(silu(xs[r]·Wg) ⊙ (xs[r]·Wu)) [S, f]; each CTA's B tile holds
+//      matching gate and up columns, so SwiGLU runs on the accumulators and the [S, 2f]
+//      projection never reaches memory.
+//   3. me_down_*: y = (h[r]·Wd)·w_out; with one expert per token the epilogue writes
+//      out[token] = round(shared[token] + y) directly (each token has exactly one row, no race);
+//      with k > 1 it writes y in f32 per slot and
+//   4. me_combine_*: out[t] = round(shared[t] + y[t·k] + … + y[t·k + k − 1]), in slot order.
+//
+// Determinism: no atomics, every output written by one thread, a fixed summation order (the
+// mma k-order within a CTA, then slot order), so results are bitwise identical run to run.
+//
+// Tensor-core path (bf16/f16, d and f multiples of 8): mma.sync m16n8k16 with f32 accumulation,
+// ldmatrix (.trans for the [k][n] weight tiles), a cp.async pipeline of ME_STAGES stages of
+// BK = 32. The tile schedule is computed on the device: CTA y-index i is the i-th (expert,
+// m-block) pair in expert order, found by a scan of the offsets (E ≤ 256), so no host sync is
+// needed; the grid's y extent is the bound ceil(S/BM) + min(E, S) and CTAs past the last tile
+// exit. Two shapes: "wide" (BM 64, 2×2 warps) for prefill and "decode" (BM 16, 1×4 warps) for
+// steps of ≤ 64 slots, where each CTA streams a slice of one expert's weight columns once for
+// all of that expert's tokens (≤ 16 per m-block), so the bytes read are about the unique
+// expert weight bytes.
+//
+// Scalar path (f32, or sizes not multiples of 8): one thread per output element, the same
+// epilogues, f32 accumulation in k order.
+//
+// Variants (extern "C"): me_gather_{f32,bf16,f16}, me_gate_up_{bf16,f16}_{wide,decode},
+// me_down_{bf16,f16}_{wide,decode}, me_gate_up_scalar_{f32,bf16,f16},
+// me_down_scalar_{f32,bf16,f16}, me_combine_{f32,bf16,f16}.
+//
+// Check: cargo xtask check-kernels                 (sm_90a CUBIN, spills are errors, SASS class: HMMA)
+// Test:  cargo test -p l4-kernels moe_experts      (CPU always; GPU when present)
+// Bench: cargo bench -p l4-benches --bench kernels -- moe_experts
+
+typedef unsigned int u32;
+typedef long long i64;
+
+#define ME_BK 32
+#define ME_PAD 8  // 16 bytes of padding per smem row: ldmatrix rows land in distinct banks
+
+// Element access by dtype code: 0 f32, 1 bf16, 2 f16.
+template <int DT>
+struct MeElem;
+template <>
+struct MeElem<0> {
+    typedef float T;
+    static __device__ __forceinline__ float load(const float* p, i64 i) { return p[i]; }
+    static __device__ __forceinline__ void store(float* p, i64 i, float v) { p[i] = v; }
+};
+template <>
+struct MeElem<1> {
+    typedef unsigned short T;
+    static __device__ __forceinline__ float load(const unsigned short* p, i64 i) { return l4_bf16_to_f32(p[i]); }
+    static __device__ __forceinline__ void store(unsigned short* p, i64 i, float v) { p[i] = l4_f32_to_bf16(v); }
+};
+template <>
+struct MeElem<2> {
+    typedef unsigned short T;
+    static __device__ __forceinline__ float load(const unsigned short* p, i64 i) { return l4_f16_to_f32(p[i]); }
+    static __device__ __forceinline__ void store(unsigned short* p, i64 i, float v) { p[i] = l4_f32_to_f16(v); }
+};
+
+L4_DEVICE float me_silu(float g) { return g / (1.0f + __expf(-g)); }
+
+// A routing weight as the model multiplies it: rounded into the compute dtype first (HF casts
+// the router scores to the hidden dtype).
+template <int DT>
+L4_DEVICE float me_weight(const float* __restrict__ weight, int slot) {
+    typename MeElem<DT>::T v;
+    MeElem<DT>::store(&v, 0, weight[slot]);
+    return MeElem<DT>::load(&v, 0);
+}
+
+// The CTA's (expert, first row, end row) for tile index `tile`: tiles are the m-blocks of
+// `bm` rows of each expert's segment, in expert order. False past the last tile.
+L4_DEVICE bool me_find_tile(const int* __restrict__ offset, int experts, int bm, int tile, int& expert, int& row0,
+                            int& row1) {
+    int before = 0;
+    for (int e = 0; e < experts; ++e) {
+        const int start = offset[e];
+        const int count = offset[e + 1] - start;
+        const int tiles = (count + bm - 1) / bm;
+        if (tile < before + tiles) {
+            expert = e;
+            row0 = start + (tile - before) * bm;
+            row1 = min(row0 + bm, start + count);
+            return true;
+        }
+        before += tiles;
+    }
+    return false;
+}
+
+// The expert owning sorted row r (offset[e] ≤ r < offset[e + 1]), by binary search.
+L4_DEVICE int me_expert_of_row(const int* __restrict__ offset, int experts, int r) {
+    int lo = 0, hi = experts - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (offset[mid] <= r) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    return lo;
+}
+
+// ---- 1. gather (and scale) the expert inputs in sorted order ----
+
+template <int DT>
+L4_DEVICE void me_gather(const typename MeElem<DT>::T* __restrict__ x, const int* __restrict__ sorted,
+                         const float* __restrict__ slot_weight, typename MeElem<DT>::T* __restrict__ xs, int slots, int k,
+                         int d) {
+    const i64 total = (i64)slots * d;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
+        const int r = (int)(i / d);
+        const int c = (int)(i % d);
+        const int slot = sorted[r];
+        const float v = MeElem<DT>::load(x, (i64)(slot / k) * d + c);
+        MeElem<DT>::store(xs, i, slot_weight ? v * me_weight<DT>(slot_weight, slot) : v);
+    }
+}
+
+#define ME_GATHER(NAME, DT)                                                                                      \
+    extern "C" __global__ void NAME(const MeElem<DT>::T* x, const int* sorted, const float* slot_weight,          \
+                                    MeElem<DT>::T* xs, int slots, int k, int d) {                                \
+        me_gather<DT>(x, sorted, slot_weight, xs, slots, k, d);                                                  \
+    }
+ME_GATHER(me_gather_f32, 0)
+ME_GATHER(me_gather_bf16, 1)
+ME_GATHER(me_gather_f16, 2)
+
+// ---- the shared epilogue of the down projection ----
+
+// y = acc·w_out[slot]; direct (k = 1): out[token] = round(shared[token] + y); else y per slot.
+template <int DT>
+L4_DEVICE void me_down_store(float acc, int slot, int k, int col, int n, const float* __restrict__ out_weight,
+                             const typename MeElem<DT>::T* __restrict__ shared, typename MeElem<DT>::T* __restrict__ out,
+                             float* __restrict__ slot_out) {
+    const float y = out_weight ? acc * me_weight<DT>(out_weight, slot) : acc;
+    if (out) {
+        const i64 at = (i64)(slot / k) * n + col;
+        MeElem<DT>::store(out, at, shared ? MeElem<DT>::load(shared, at) + y : y);
+    } else {
+        slot_out[(i64)slot * n + col] = y;
+    }
+}
+
+// ---- 2./3. the tensor-core grouped GEMM ----
+
+template <bool BF16>
+L4_DEVICE void me_mma(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    if (BF16) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    } else {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+}
+
+L4_DEVICE u32 me_smem(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+
+// 16 bytes global → shared, asynchronously; zero-filled when !valid (src must still be mapped).
+L4_DEVICE void me_cp_async16(u32 dst, const void* src, bool valid) {
+    const int bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+}
+L4_DEVICE void me_cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+L4_DEVICE void me_cp_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+L4_DEVICE void me_ldmatrix_x4(u32 (&r)[4], u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+L4_DEVICE void me_ldmatrix_x4_trans(u32 (&r)[4], u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+// One CTA: rows [row0, row1) of expert `expert`'s segment times a BN-column slice of its weight.
+//   a [S, K] rows in sorted order; w [E, K, ldw] (ldw = 2N for gate_up, N for down).
+// GATE_UP: the B tile's columns are, per warp column, NT·4 gate columns then the NT·4 up
+// columns of the same h columns, so thread-local accumulators nt and nt + NT/2 pair up.
+template <bool BF16, int WM, int WN, int MT, int NT, int STAGES, bool GATE_UP>
+L4_DEVICE void me_gemm(const unsigned short* __restrict__ a, const unsigned short* __restrict__ w,
+                       const int* __restrict__ offset, int experts, int K, int N, unsigned short* __restrict__ h_out,
+                       const int* __restrict__ sorted, const float* __restrict__ out_weight, int k_slots,
+                       const unsigned short* __restrict__ shared, unsigned short* __restrict__ out,
+                       float* __restrict__ slot_out) {
+    constexpr int DT = BF16 ? 1 : 2;
+    constexpr int BM = 16 * MT * WM;
+    constexpr int BN = 8 * NT * WN;  // B-tile columns
+    constexpr int THREADS = 32 * WM * WN;
+    constexpr int HALF = NT * 4;  // gate (or up) columns per warp column
+    constexpr int BN_OUT = GATE_UP ? BN / 2 : BN;
+    __shared__ __align__(16) unsigned short As[STAGES][BM][ME_BK + ME_PAD];
+    __shared__ __align__(16) unsigned short Bs[STAGES][ME_BK][BN + ME_PAD];
+
+    int expert, row0, row1;
+    if (!me_find_tile(offset, experts, BM, blockIdx.y, expert, row0, row1)) return;
+    const int rows = row1 - row0;
+    const int n0 = blockIdx.x * BN_OUT;
+    const i64 ldw = GATE_UP ? 2 * (i64)N : (i64)N;
+    const unsigned short* wexp = w + (i64)expert * K * ldw;
+    const int tid = threadIdx.x;
+    const int lane = tid & 31;
+    const int warp = tid >> 5;
+    const int wm = warp / WN;
+    const int wn = warp % WN;
+
+    auto load_stage = [&](int stage, int k0) {
+        for (int c = tid; c < BM * (ME_BK / 8); c += THREADS) {
+            const int r = c / (ME_BK / 8);
+            const int kc = (c % (ME_BK / 8)) * 8;
+            const bool valid = r < rows && k0 + kc < K;
+            const unsigned short* src = valid ? a + (i64)(row0 + r) * K + k0 + kc : a;
+            me_cp_async16(me_smem(&As[stage][r][kc]), src, valid);
+        }
+        for (int c = tid; c < ME_BK * (BN / 8); c += THREADS) {
+            const int kr = c / (BN / 8);
+            const int cc = (c % (BN / 8)) * 8;
+            int col, limit_col;
+            if (GATE_UP) {
+                const int within = cc % (NT * 8);
+                const int hcol = n0 + (cc / (NT * 8)) * HALF + within % HALF;
+                col = (within < HALF ? 0 : N) + hcol;
+                limit_col = hcol;
+            } else {
+                col = n0 + cc;
+                limit_col = col;
+            }
+            const bool valid = k0 + kr < K && limit_col < N;
+            const unsigned short* src = valid ? wexp + (i64)(k0 + kr) * ldw + col : w;
+            me_cp_async16(me_smem(&Bs[stage][kr][cc]), src, valid);
+        }
+    };
+
+    float acc[MT][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
+
+    const int ktiles = (K + ME_BK - 1) / ME_BK;
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < ktiles) load_stage(s, s * ME_BK);
+        me_cp_commit();
+    }
+    for (int kt = 0; kt < ktiles; ++kt) {
+        // Tile kt has landed, and every warp is done with the stage the prefetch overwrites.
+        me_cp_wait<STAGES - 2>();
+        __syncthreads();
+        const int next = kt + STAGES - 1;
+        if (next < ktiles) load_stage(next % STAGES, next * ME_BK);
+        me_cp_commit();
+        const int st = kt % STAGES;
+#pragma unroll
+        for (int kk = 0; kk < ME_BK; kk += 16) {
+            u32 af[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+                me_ldmatrix_x4(af[mt], me_smem(&As[st][(wm * MT + mt) * 16 + (lane & 15)][kk + (lane >> 4) * 8]));
+#pragma unroll
+            for (int np = 0; np < NT / 2; ++np) {
+                u32 bf[4];
+                me_ldmatrix_x4_trans(bf, me_smem(&Bs[st][kk + (lane & 15)][wn * NT * 8 + np * 16 + (lane >> 4) * 8]));
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    me_mma<BF16>(acc[mt][2 * np], af[mt], bf[0], bf[1]);
+                    me_mma<BF16>(acc[mt][2 * np + 1], af[mt], bf[2], bf[3]);
+                }
+            }
+        }
+    }
+    me_cp_wait<0>();
+
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int r = (wm * MT + mt) * 16 + (lane >> 2) + half * 8;
+            if (r >= rows) continue;
+            if (GATE_UP) {
+#pragma unroll
+                for (int nt = 0; nt < NT / 2; ++nt) {
+                    const int hcol = n0 + wn * HALF + nt * 8 + (lane & 3) * 2;
+                    if (hcol >= N) continue;  // N % 8 == 0: hcol + 1 < N too
+                    const float h0 = me_silu(acc[mt][nt][2 * half]) * acc[mt][nt + NT / 2][2 * half];
+                    const float h1 = me_silu(acc[mt][nt][2 * half + 1]) * acc[mt][nt + NT / 2][2 * half + 1];
+                    const u32 packed = BF16 ? ((u32)l4_f32_to_bf16(h0) | ((u32)l4_f32_to_bf16(h1) << 16))
+                                            : ((u32)l4_f32_to_f16(h0) | ((u32)l4_f32_to_f16(h1) << 16));
+                    *(u32*)(h_out + (i64)(row0 + r) * N + hcol) = packed;
+                }
+            } else {
+                const int slot = sorted[row0 + r];
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) {
+                    const int col = n0 + wn * NT * 8 + nt * 8 + (lane & 3) * 2;
+                    if (col >= N) continue;
+                    me_down_store<DT>(acc[mt][nt][2 * half], slot, k_slots, col, N, out_weight, shared, out, slot_out);
+                    me_down_store<DT>(acc[mt][nt][2 * half + 1], slot, k_slots, col + 1, N, out_weight, shared, out,
+                                      slot_out);
+                }
+            }
+        }
+    }
+}
+
+// Shapes: wide = BM 64 × BN 128 (2×2 warps of 32×64), 3 stages (41.5 KB of static smem);
+// decode = BM 16 × BN 128 (1×4 warps of 16×32), 4 stages (40 KB).
+#define ME_WIDE 2, 2, 2, 8, 3
+#define ME_DECODE 1, 4, 1, 4, 4
+
+#define ME_GATE_UP(NAME, BF16, SHAPE, THREADS)                                                               \
+    extern "C" __global__ void __launch_bounds__(THREADS) NAME(const unsigned short* xs, const unsigned short* w, \
+                                                               const int* offset, int experts, int d, int f,     \
+                                                               unsigned short* h) {                              \
+        me_gemm<BF16, SHAPE, true>(xs, w, offset, experts, d, f, h, nullptr, nullptr, 1, nullptr, nullptr,        \
+                                   nullptr);                                                                     \
+    }
+ME_GATE_UP(me_gate_up_bf16_wide, true, ME_WIDE, 128)
+ME_GATE_UP(me_gate_up_f16_wide, false, ME_WIDE, 128)
+ME_GATE_UP(me_gate_up_bf16_decode, true, ME_DECODE, 128)
+ME_GATE_UP(me_gate_up_f16_decode, false, ME_DECODE, 128)
+
+#define ME_DOWN(NAME, BF16, SHAPE, THREADS)                                                                      \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                                        \
+        NAME(const unsigned short* h, const unsigned short* w, const int* offset, int experts, int f, int d,     \
+             const int* sorted, const float* out_weight, int k, const unsigned short* shared,                    \
+             unsigned short* out, float* slot_out) {                                                             \
+        me_gemm<BF16, SHAPE, false>(h, w, offset, experts, f, d, nullptr, sorted, out_weight, k, shared, out,    \
+                                    slot_out);                                                                   \
+    }
+ME_DOWN(me_down_bf16_wide, true, ME_WIDE, 128)
+ME_DOWN(me_down_f16_wide, false, ME_WIDE, 128)
+ME_DOWN(me_down_bf16_decode, true, ME_DECODE, 128)
+ME_DOWN(me_down_f16_decode, false, ME_DECODE, 128)
+
+// ---- the scalar path: any dtype, any size ----
+
+// h[r][c] for one (r, c) per thread: f32 dot products in k order.
+template <int DT>
+L4_DEVICE void me_gate_up_scalar(const typename MeElem<DT>::T* __restrict__ xs, const typename MeElem<DT>::T* __restrict__ w,
+                                 const int* __restrict__ offset, int experts, int slots, int d, int f,
+                                 typename MeElem<DT>::T* __restrict__ h) {
+    const i64 total = (i64)slots * f;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
+        const int r = (int)(i / f);
+        const int c = (int)(i % f);
+        const int e = me_expert_of_row(offset, experts, r);
+        const typename MeElem<DT>::T* we = w + (i64)e * d * 2 * f;
+        float g = 0.0f, u = 0.0f;
+        for (int kk = 0; kk < d; ++kk) {
+            const float xv = MeElem<DT>::load(xs, (i64)r * d + kk);
+            g = fmaf(xv, MeElem<DT>::load(we, (i64)kk * 2 * f + c), g);
+            u = fmaf(xv, MeElem<DT>::load(we, (i64)kk * 2 * f + f + c), u);
+        }
+        MeElem<DT>::store(h, i, me_silu(g) * u);
+    }
+}
+
+template <int DT>
+L4_DEVICE void me_down_scalar(const typename MeElem<DT>::T* __restrict__ h, const typename MeElem<DT>::T* __restrict__ w,
+                              const int* __restrict__ offset, int experts, int slots, int f, int d,
+                              const int* __restrict__ sorted, const float* __restrict__ out_weight, int k,
+                              const typename MeElem<DT>::T* __restrict__ shared, typename MeElem<DT>::T* __restrict__ out,
+                              float* __restrict__ slot_out) {
+    const i64 total = (i64)slots * d;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
+        const int r = (int)(i / d);
+        const int c = (int)(i % d);
+        const int e = me_expert_of_row(offset, experts, r);
+        const typename MeElem<DT>::T* we = w + (i64)e * f * d;
+        float acc = 0.0f;
+        for (int kk = 0; kk < f; ++kk)
+            acc = fmaf(MeElem<DT>::load(h, (i64)r * f + kk), MeElem<DT>::load(we, (i64)kk * d + c), acc);
+        me_down_store<DT>(acc, sorted[r], k, c, d, out_weight, shared, out, slot_out);
+    }
+}
+
+#define ME_SCALAR(GU, DN, DT)                                                                                    \
+    extern "C" __global__ void GU(const MeElem<DT>::T* xs, const MeElem<DT>::T* w, const int* offset, int experts, \
+                                  int slots, int d, int f, MeElem<DT>::T* h) {                                   \
+        me_gate_up_scalar<DT>(xs, w, offset, experts, slots, d, f, h);                                           \
+    }                                                                                                            \
+    extern "C" __global__ void DN(const MeElem<DT>::T* h, const MeElem<DT>::T* w, const int* offset, int experts, \
+                                  int slots, int f, int d, const int* sorted, const float* out_weight, int k,    \
+                                  const MeElem<DT>::T* shared, MeElem<DT>::T* out, float* slot_out) {            \
+        me_down_scalar<DT>(h, w, offset, experts, slots, f, d, sorted, out_weight, k, shared, out, slot_out);    \
+    }
+ME_SCALAR(me_gate_up_scalar_f32, me_down_scalar_f32, 0)
+ME_SCALAR(me_gate_up_scalar_bf16, me_down_scalar_bf16, 1)
+ME_SCALAR(me_gate_up_scalar_f16, me_down_scalar_f16, 2)
+
+// ---- 4. the fixed-order combine for k > 1 ----
+
+template <int DT>
+L4_DEVICE void me_combine(const float* __restrict__ slot_out, const typename MeElem<DT>::T* __restrict__ shared,
+                          typename MeElem<DT>::T* __restrict__ out, int tokens, int k, int d) {
+    const i64 total = (i64)tokens * d;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
+        const i64 t = i / d;
+        const int c = (int)(i % d);
+        float sum = shared ? MeElem<DT>::load(shared, i) : 0.0f;
+        for (int j = 0; j < k; ++j) sum += slot_out[(t * k + j) * d + c];
+        MeElem<DT>::store(out, i, sum);
+    }
+}
+
+#define ME_COMBINE(NAME, DT)                                                                                     \
+    extern "C" __global__ void NAME(const float* slot_out, const MeElem<DT>::T* shared, MeElem<DT>::T* out,       \
+                                    int tokens, int k, int d) {                                                  \
+        me_combine<DT>(slot_out, shared, out, tokens, k, d);                                                     \
+    }
+ME_COMBINE(me_combine_f32, 0)
+ME_COMBINE(me_combine_bf16, 1)
+ME_COMBINE(me_combine_f16, 2)

@@ -1,0 +1,127 @@
+//! The CPU reference (and CPU path) of [`super`]: f64 accumulation, one rounding into the
+//! dtype (through f32). Routing weights are rounded into the dtype first (as HF casts router
+//! scores to the hidden dtype); the scaled expert input `round(x · w)` is formed in f32 and
+//! rounded into the dtype, as the CUDA gather does, so both paths multiply the same operands.
+
+use l4_core::{DType, Device, Result, Tensor};
+
+use super::{ExpertShape, WeightOn};
+use crate::moe_routing::RoutedTokens;
+
+/// The routing on the host: (sorted slots, expert offsets, per-slot weights rounded into
+/// `dtype`, as the model multiplies them).
+pub fn host_routing(routed: &RoutedTokens, dtype: DType) -> Result<(Vec<i32>, Vec<i32>, Vec<f32>)> {
+    let weight = routed
+        .topk_weight
+        .to_device(Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_f32_vec()?;
+    Ok((
+        routed.sorted_slots.to_vec::<i32>()?,
+        routed.expert_offset.to_vec::<i32>()?,
+        weight,
+    ))
+}
+
+/// The expert of each sorted row, from the offsets.
+pub fn expert_of_rows(offset: &[i32], slots: usize) -> Vec<usize> {
+    let mut experts = vec![0; slots];
+    for (e, pair) in offset.windows(2).enumerate() {
+        for row in experts.iter_mut().take(pair[1] as usize).skip(pair[0] as usize) {
+            *row = e;
+        }
+    }
+    experts
+}
+
+/// `silu(g) · u` in f64.
+fn swiglu(g: f64, u: f64) -> f64 {
+    g / (1.0 + (-g).exp()) * u
+}
+
+/// See [`super::gate_up_swiglu`].
+pub fn gate_up_swiglu(
+    x: &Tensor,
+    routed: &RoutedTokens,
+    gate_up: &Tensor,
+    weight_on: WeightOn,
+    shape: ExpertShape,
+) -> Result<Tensor> {
+    let ExpertShape { d, f, k, .. } = shape;
+    let (sorted, offset, weight) = host_routing(routed, x.dtype())?;
+    let slots = sorted.len();
+    let xv = x.to_f32_vec()?; // [t, d]
+    let w = gate_up.to_f32_vec()?; // [e, d, 2f]
+    // The expert inputs, rounded into the dtype exactly as the CUDA gather rounds them.
+    let inputs: Vec<f32> = sorted
+        .iter()
+        .flat_map(|&slot| {
+            let row = &xv[(slot as usize / k) * d..][..d];
+            let scale = weight[slot as usize];
+            row.iter().map(move |&v| match weight_on {
+                WeightOn::Input => v * scale,
+                WeightOn::Output => v,
+            })
+        })
+        .collect();
+    let a = Tensor::from_f32_vec(inputs, &[slots, d], x.dtype(), Device::Cpu)?.to_f32_vec()?; // [S, d]
+    let experts = expert_of_rows(&offset, slots);
+    let mut h = vec![0f32; slots * f];
+    for (r, &e) in experts.iter().enumerate() {
+        let we = &w[e * d * 2 * f..][..d * 2 * f];
+        let ar = &a[r * d..][..d];
+        for c in 0..f {
+            let (mut g, mut u) = (0f64, 0f64);
+            for (kk, &av) in ar.iter().enumerate() {
+                g += av as f64 * we[kk * 2 * f + c] as f64;
+                u += av as f64 * we[kk * 2 * f + f + c] as f64;
+            }
+            h[r * f + c] = swiglu(g, u) as f32;
+        }
+    }
+    Tensor::from_f32_vec(h, &[slots, f], x.dtype(), Device::Cpu)
+}
+
+/// See [`super::down_combine`].
+pub fn down_combine(
+    h: &Tensor,
+    routed: &RoutedTokens,
+    down: &Tensor,
+    weight_on: WeightOn,
+    shared: Option<&Tensor>,
+    shape: ExpertShape,
+) -> Result<Tensor> {
+    let ExpertShape { t, d, f, k, .. } = shape;
+    let (sorted, offset, weight) = host_routing(routed, h.dtype())?;
+    let slots = sorted.len();
+    let hv = h.to_f32_vec()?; // [S, f]
+    let w = down.to_f32_vec()?; // [e, f, d]
+    let experts = expert_of_rows(&offset, slots);
+    let mut y = vec![0f64; slots * d]; // [S, d] by slot
+    for (r, &e) in experts.iter().enumerate() {
+        let slot = sorted[r] as usize;
+        let scale = match weight_on {
+            WeightOn::Output => weight[slot] as f64,
+            WeightOn::Input => 1.0,
+        };
+        let we = &w[e * f * d..][..f * d];
+        let hr = &hv[r * f..][..f];
+        for c in 0..d {
+            let acc: f64 = hr
+                .iter()
+                .enumerate()
+                .map(|(kk, &hv)| hv as f64 * we[kk * d + c] as f64)
+                .sum();
+            y[slot * d + c] = acc * scale;
+        }
+    }
+    let shared = shared.map(Tensor::to_f32_vec).transpose()?;
+    let out: Vec<f32> = (0..t * d)
+        .map(|i| {
+            let (token, c) = (i / d, i % d);
+            let base = shared.as_ref().map_or(0.0, |s| s[i] as f64);
+            (0..k).fold(base, |sum, j| sum + y[(token * k + j) * d + c]) as f32
+        })
+        .collect();
+    Tensor::from_f32_vec(out, &[t, d], h.dtype(), Device::Cpu)
+}

@@ -1,0 +1,402 @@
+//! `moe_experts` on every device. On the CPU (proptest): the f64 reference equals the block
+//! composed from plain ops (gather, matmul, silu, mul, matmul, scatter-add) within the bound
+//! derived in docs/numerics.md ("Grouped expert GEMM"), over random t, e, k, d, f with odd sizes
+//! and experts that get no token. On CUDA: the kernels against the reference within the same
+//! bound, and bitwise identical across two runs.
+
+use l4_core::testing::gamma;
+use l4_core::{DType, Device, Tensor};
+use proptest::prelude::*;
+
+use super::reference::expert_of_rows;
+use super::{WeightOn, down_combine, gate_up_swiglu, moe_experts};
+use crate::moe_routing::{RouteKind, RoutedTokens};
+use crate::ops;
+use crate::testing::{Rng, fresh_seed, gpu_with_nvrtc_or_skip, nvrtc_or_skip};
+use crate::{MOE_EXPERTS, compile_cubin};
+
+const U32: f64 = f32::EPSILON as f64 / 2.0;
+/// `max |silu'(g)|` (at g ≈ 2.4) is 1.0998: the factor an error in g reaches h with.
+const SILU_SLOPE: f64 = 1.1;
+
+/// One random problem, all on the CPU.
+struct Problem {
+    dtype: DType,
+    weight_on: WeightOn,
+    t: usize,
+    d: usize,
+    f: usize,
+    k: usize,
+    x: Tensor,              // [t, d]
+    gate_up: Tensor,        // [e, d, 2f]
+    down: Tensor,           // [e, f, d]
+    shared: Option<Tensor>, // [t, d]
+    routed: RoutedTokens,
+}
+
+fn values(n: usize, scale: f32, rng: &mut Rng) -> Vec<f32> {
+    (0..n)
+        .map(|_| ((rng.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale)
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn problem(dtype: DType, t: usize, d: usize, f: usize, e: usize, k: usize, shared: bool, seed: u64) -> Problem {
+    let mut rng = Rng(seed);
+    // Router logits with a random set of experts pushed far down, so some experts get no token.
+    let muted: Vec<bool> = (0..e).map(|i| i > 0 && rng.below(3) == 0).collect();
+    let logits: Vec<f32> = (0..t * e)
+        .map(|i| {
+            if muted[i % e] {
+                -1e4
+            } else {
+                values(1, 4.0, &mut rng)[0]
+            }
+        })
+        .collect();
+    let logits = Tensor::from_f32_vec(logits, &[t, e], DType::F32, Device::Cpu).unwrap();
+    let kind = if k == 1 && rng.below(2) == 0 {
+        RouteKind::Llama4
+    } else {
+        RouteKind::SoftmaxTopK {
+            k,
+            renormalize: rng.below(2) == 0,
+        }
+    };
+    let routed = crate::moe_routing::reference::route(&logits, kind).unwrap();
+    let weight_on = if rng.below(2) == 0 {
+        WeightOn::Input
+    } else {
+        WeightOn::Output
+    };
+    let tensor = |shape: &[usize], scale: f32, rng: &mut Rng| {
+        let n = shape.iter().product();
+        Tensor::from_f32_vec(values(n, scale, rng), shape, dtype, Device::Cpu).unwrap()
+    };
+    Problem {
+        dtype,
+        weight_on,
+        t,
+        d,
+        f,
+        k,
+        x: tensor(&[t, d], 1.0, &mut rng),
+        gate_up: tensor(&[e, d, 2 * f], 1.0 / (d as f32).sqrt(), &mut rng),
+        down: tensor(&[e, f, d], 1.0 / (f as f32).sqrt(), &mut rng),
+        shared: shared.then(|| tensor(&[t, d], 1.0, &mut rng)),
+        routed,
+    }
+}
+
+/// The block from plain ops, one token-slot at a time: row gather, optional input scale,
+/// matmul, silu ⊙ up, matmul, optional output scale, summed per token after the shared row.
+fn composed(p: &Problem) -> Tensor {
+    let experts = p.routed.topk_expert.to_vec::<i32>().unwrap();
+    let weights = p.routed.topk_weight.to_f32_vec().unwrap();
+    let mut rows = Vec::new();
+    for token in 0..p.t {
+        let index = Tensor::from_vec(vec![token as i64], &[1], Device::Cpu).unwrap();
+        let mut sum = match &p.shared {
+            Some(s) => ops::index_select(s, 0, &index).unwrap(),
+            None => Tensor::zeros(&[1, p.d], p.dtype, Device::Cpu).unwrap(),
+        };
+        for j in 0..p.k {
+            let (e, w) = (experts[token * p.k + j] as usize, weights[token * p.k + j]);
+            let w = Tensor::from_f32_vec(vec![w], &[1, 1], p.dtype, Device::Cpu).unwrap();
+            let mut xt = ops::index_select(&p.x, 0, &index).unwrap(); // [1, d]
+            if p.weight_on == WeightOn::Input {
+                xt = ops::mul(&xt, &w).unwrap();
+            }
+            let wgu = p.gate_up.narrow(0, e, 1).unwrap().reshape(&[p.d, 2 * p.f]).unwrap();
+            let proj = ops::matmul(&xt, &wgu).unwrap(); // [1, 2f]
+            let gate = ops::silu(&proj.narrow(1, 0, p.f).unwrap()).unwrap();
+            let h = ops::mul(&gate, &proj.narrow(1, p.f, p.f).unwrap()).unwrap(); // [1, f]
+            let wd = p.down.narrow(0, e, 1).unwrap().reshape(&[p.f, p.d]).unwrap();
+            let mut y = ops::matmul(&h, &wd).unwrap(); // [1, d]
+            if p.weight_on == WeightOn::Output {
+                y = ops::mul(&y, &w).unwrap();
+            }
+            sum = ops::add(&sum, &y).unwrap();
+        }
+        rows.push(sum);
+    }
+    let rows: Vec<&Tensor> = rows.iter().collect();
+    ops::cat(&rows, 0).unwrap()
+}
+
+/// Per-element bounds on `|h − h_exact|` for one f32-accumulating path that rounds `h` into the
+/// dtype (docs/numerics.md): the two `d`-term dot products are off by `γ_d(u32)·Σ|a·w|`, which
+/// reach `h = silu(g)·u` through `silu' ≤ 1.1` and `|silu(g)|`; silu, the product and the
+/// roundings add `6·u32 + u(dtype)` relative (and `u(dtype)·λ` near zero). Also returns the
+/// exact `h` (f64) in sorted-row order and `1.1·|g·u| + |silu(g)·u|`, how far rounding g and
+/// u into the dtype (as a plain-op composition does) can move `h`, relative to `u(dtype)`.
+fn h_bounds(p: &Problem) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (d, f, k) = (p.d, p.f, p.k);
+    let sorted = p.routed.sorted_slots.to_vec::<i32>().unwrap();
+    let offset = p.routed.expert_offset.to_vec::<i32>().unwrap();
+    let (_, _, weight) = super::reference::host_routing(&p.routed, p.dtype).unwrap();
+    let x = p.x.to_f32_vec().unwrap();
+    let w = p.gate_up.to_f32_vec().unwrap();
+    let (ud, lambda) = (p.dtype.unit_roundoff(), p.dtype.min_positive_normal().unwrap_or(0.0));
+    let gd = gamma(d.max(1), U32);
+    let experts = expert_of_rows(&offset, sorted.len());
+    let (mut bound, mut exact, mut sensitivity) = (Vec::new(), Vec::new(), Vec::new());
+    for (r, &slot) in sorted.iter().enumerate() {
+        let row = &x[(slot as usize / k) * d..][..d];
+        let scale = if p.weight_on == WeightOn::Input {
+            weight[slot as usize]
+        } else {
+            1.0
+        };
+        let a: Vec<f64> = Tensor::from_f32_vec(row.iter().map(|v| v * scale).collect(), &[d], p.dtype, Device::Cpu)
+            .unwrap()
+            .to_f32_vec()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        let we = &w[experts[r] * d * 2 * f..];
+        for c in 0..f {
+            let (mut g, mut u, mut mg, mut mu) = (0f64, 0f64, 0f64, 0f64);
+            for (kk, &av) in a.iter().enumerate() {
+                let (wg, wu) = (we[kk * 2 * f + c] as f64, we[kk * 2 * f + f + c] as f64);
+                g += av * wg;
+                u += av * wu;
+                mg += (av * wg).abs();
+                mu += (av * wu).abs();
+            }
+            let (eg, eu) = (gd * mg, gd * mu);
+            let silu = g / (1.0 + (-g).exp());
+            let h = silu * u;
+            let propagated = SILU_SLOPE * eg * (u.abs() + eu) + silu.abs() * eu;
+            bound.push(propagated + (6.0 * U32 + ud) * (h.abs() + propagated) + ud * lambda);
+            exact.push(h);
+            sensitivity.push(SILU_SLOPE * (g * u).abs() + (silu * u).abs());
+        }
+    }
+    (bound, exact, sensitivity)
+}
+
+/// Per-element bounds on `|out − out_exact|` for one path whose `h` is within `h_bound` of
+/// exact: each slot's `f`-term dot product adds `γ_f(u32)·Σ|h·wd|` and carries `Σ h_bound·|wd|`,
+/// times `|w|` when the weight is on the output; the `k + 1`-term combine adds
+/// `γ_{k+1}(u32)·(|shared| + Σ|y|)`; each of the path's `roundings` into the dtype (1 for the
+/// kernels and the reference: the final one) `u(dtype)·|out|`, doubled for double rounding
+/// (and `u·λ` near zero).
+fn out_bounds(p: &Problem, h_exact: &[f64], h_bound: &[f64], roundings: usize) -> Vec<f64> {
+    let (d, f, k) = (p.d, p.f, p.k);
+    let sorted = p.routed.sorted_slots.to_vec::<i32>().unwrap();
+    let offset = p.routed.expert_offset.to_vec::<i32>().unwrap();
+    let (_, _, weight) = super::reference::host_routing(&p.routed, p.dtype).unwrap();
+    let wd = p.down.to_f32_vec().unwrap();
+    let shared = p.shared.as_ref().map(|s| s.to_f32_vec().unwrap());
+    let (ud, lambda) = (p.dtype.unit_roundoff(), p.dtype.min_positive_normal().unwrap_or(0.0));
+    let gf = gamma(f.max(1), U32);
+    let experts = expert_of_rows(&offset, sorted.len());
+    let mut slot_err = vec![0f64; sorted.len() * d];
+    let mut slot_mag = vec![0f64; sorted.len() * d];
+    for (r, &slot) in sorted.iter().enumerate() {
+        let slot = slot as usize;
+        let scale = if p.weight_on == WeightOn::Output {
+            weight[slot].abs() as f64
+        } else {
+            1.0
+        };
+        let we = &wd[experts[r] * f * d..];
+        for c in 0..d {
+            let (mut carried, mut mag) = (0f64, 0f64);
+            for kk in 0..f {
+                let w = we[kk * d + c].abs() as f64;
+                carried += (h_bound[r * f + kk]) * w;
+                mag += (h_exact[r * f + kk].abs() + h_bound[r * f + kk]) * w;
+            }
+            slot_err[slot * d + c] = scale * (carried + gf * mag) + U32 * scale * mag;
+            slot_mag[slot * d + c] = scale * mag;
+        }
+    }
+    (0..p.t * d)
+        .map(|i| {
+            let (token, c) = (i / d, i % d);
+            let base = shared.as_ref().map_or(0.0, |s| s[i].abs() as f64);
+            let (mut err, mut mag) = (0f64, base);
+            for j in 0..k {
+                err += slot_err[(token * k + j) * d + c];
+                mag += slot_mag[(token * k + j) * d + c];
+            }
+            let combined = err + gamma(k + 1, U32) * mag;
+            combined + 2.0 * roundings as f64 * ud * (mag + combined) + ud * lambda
+        })
+        .collect()
+}
+
+fn check(got: &Tensor, want: &Tensor, bound: &[f64], context: &str) {
+    let (got, want) = (got.to_f32_vec().unwrap(), want.to_f32_vec().unwrap());
+    assert_eq!(got.len(), want.len(), "{context}");
+    for (i, ((&g, &w), &b)) in got.iter().zip(&want).zip(bound).enumerate() {
+        let diff = (g as f64 - w as f64).abs();
+        assert!(
+            diff <= b,
+            "{context}: element {i}: got {g}, want {w}, |diff| {diff:e} > bound {b:e}"
+        );
+    }
+}
+
+fn sizes() -> impl Strategy<Value = (usize, usize, usize, usize, usize, bool, u64)> {
+    (
+        1usize..12,
+        1usize..40,
+        1usize..24,
+        1usize..9,
+        1usize..4,
+        any::<bool>(),
+        any::<u64>(),
+    )
+        .prop_map(|(t, d, f, e, k, shared, seed)| (t, d, f, e, k.min(e), shared, seed))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The reference equals the plain-op composition (both f32 here, so each is within the
+    /// derived bound of the exact block and they are within twice of each other).
+    #[test]
+    fn reference_matches_plain_ops((t, d, f, e, k, shared, seed) in sizes()) {
+        let p = problem(DType::F32, t, d, f, e, k, shared, seed);
+        let got = moe_experts(&p.x, &p.routed, &p.gate_up, &p.down, p.weight_on, p.shared.as_ref()).unwrap();
+        let want = composed(&p);
+        let (hb, hx, _) = h_bounds(&p);
+        let bound: Vec<f64> = out_bounds(&p, &hx, &hb, k + 2).into_iter().map(|b| 2.0 * b).collect();
+        check(&got, &want, &bound, &format!("t {t} d {d} f {f} e {e} k {k} {:?}", p.weight_on));
+    }
+
+    /// The sorted rows of `h` are the right experts' outputs for the right tokens: permuting the
+    /// experts' weights and the router's columns together leaves the block unchanged.
+    #[test]
+    fn h_rows_follow_the_sort((t, d, f, e, k, shared, seed) in sizes()) {
+        let p = problem(DType::F32, t, d, f, e, k, shared, seed);
+        let h = gate_up_swiglu(&p.x, &p.routed, &p.gate_up, p.weight_on).unwrap();
+        prop_assert_eq!(h.shape(), &[t * k, f][..]);
+        let (hb, hx, _) = h_bounds(&p);
+        let hv = h.to_f32_vec().unwrap();
+        for (i, (&got, (&want, &b))) in hv.iter().zip(hx.iter().zip(&hb)).enumerate() {
+            prop_assert!((got as f64 - want).abs() <= 2.0 * b, "h[{}]: {} vs {}", i, got, want);
+        }
+    }
+}
+
+#[test]
+fn bf16_reference_is_within_the_bound_of_plain_ops() {
+    let seed = fresh_seed();
+    for (case, &(t, d, f, e, k)) in [(5, 24, 16, 4, 1), (9, 13, 7, 6, 2), (3, 40, 32, 8, 3)]
+        .iter()
+        .enumerate()
+    {
+        let p = problem(DType::BF16, t, d, f, e, k, case % 2 == 0, seed + case as u64);
+        let got = moe_experts(&p.x, &p.routed, &p.gate_up, &p.down, p.weight_on, p.shared.as_ref()).unwrap();
+        // The composition also rounds g, u and silu(g) into bf16, which moves its h by at most
+        // 2·u(bf16)·(sensitivity + |h|), and rounds y, the weighted y and each partial sum (k + 2
+        // roundings in the combine); the reference's own bound covers the other side.
+        let want = composed(&p);
+        let (hb, hx, sens) = h_bounds(&p);
+        let ub = DType::BF16.unit_roundoff();
+        let hb_composed: Vec<f64> = (0..hb.len())
+            .map(|i| hb[i] + 2.0 * ub * (sens[i] + hx[i].abs()))
+            .collect();
+        let ours = out_bounds(&p, &hx, &hb, 1);
+        let theirs = out_bounds(&p, &hx, &hb_composed, k + 2);
+        let bound: Vec<f64> = ours.iter().zip(&theirs).map(|(a, b)| a + b).collect();
+        check(&got, &want, &bound, &format!("bf16 seed {seed} case {case}"));
+    }
+}
+
+/// The CUDA kernels against the reference: `h` within twice its bound, `out` from the kernel's
+/// own `h` within twice the down bound (identical inputs), the whole block within twice the
+/// full bound; every launch twice with identical bits.
+#[test]
+fn cuda_matches_the_reference_bitwise_reproducibly() {
+    let Some(backend) = gpu_with_nvrtc_or_skip("moe_experts cuda_matches_the_reference") else {
+        return;
+    };
+    let device = Device::Cuda(backend.info().ordinal);
+    let seed = fresh_seed();
+    let mut rng = Rng(seed);
+    let cases: Vec<(DType, usize, usize, usize, usize, usize)> = vec![
+        (DType::BF16, 1, 64, 64, 16, 1),     // decode shape, one token
+        (DType::BF16, 37, 128, 96, 8, 1),    // decode shape (37 slots)
+        (DType::F16, 40, 64, 72, 4, 2),      // decode shape, k = 2 (combine kernel)
+        (DType::BF16, 300, 136, 200, 16, 1), // wide shape, ragged segments and K tails
+        (DType::F16, 130, 64, 40, 5, 3),     // wide shape, k = 3
+        (DType::BF16, 20, 30, 14, 3, 2),     // scalar path (sizes not multiples of 8)
+        (DType::F32, 17, 24, 16, 4, 1),      // scalar path, f32
+    ];
+    for (case, &(dtype, t, d, f, e, k)) in cases.iter().enumerate() {
+        let p = problem(dtype, t, d, f, e, k, case % 2 == 0, rng.next());
+        let context = format!(
+            "seed {seed} case {case} {dtype:?} t {t} d {d} f {f} e {e} k {k} {:?}",
+            p.weight_on
+        );
+        let on = |x: &Tensor| x.to_device(device).unwrap();
+        let routed = RoutedTokens {
+            topk_expert: on(&p.routed.topk_expert),
+            topk_weight: on(&p.routed.topk_weight),
+            expert_count: on(&p.routed.expert_count),
+            expert_offset: on(&p.routed.expert_offset),
+            sorted_slots: on(&p.routed.sorted_slots),
+        };
+        let (x, gu, dn) = (on(&p.x), on(&p.gate_up), on(&p.down));
+        let shared = p.shared.as_ref().map(on);
+        let (hb, hx, _) = h_bounds(&p);
+        let h = gate_up_swiglu(&x, &routed, &gu, p.weight_on).unwrap();
+        let h_again = gate_up_swiglu(&x, &routed, &gu, p.weight_on).unwrap();
+        assert_eq!(
+            h.to_vec::<u8>().ok(),
+            h_again.to_vec::<u8>().ok(),
+            "{context}: h not reproducible"
+        );
+        let h_want = gate_up_swiglu(&p.x, &p.routed, &p.gate_up, p.weight_on).unwrap();
+        let twice: Vec<f64> = hb.iter().map(|b| 2.0 * b).collect();
+        check(&h, &h_want, &twice, &format!("{context}: h"));
+
+        let out = down_combine(&h, &routed, &dn, p.weight_on, shared.as_ref()).unwrap();
+        let out_again = down_combine(&h, &routed, &dn, p.weight_on, shared.as_ref()).unwrap();
+        assert_eq!(
+            out.to_f32_vec()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>(),
+            out_again
+                .to_f32_vec()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>(),
+            "{context}: out not reproducible"
+        );
+        let h_host = h.to_device(Device::Cpu).unwrap();
+        let h_kernel: Vec<f64> = h_host.to_f32_vec().unwrap().into_iter().map(f64::from).collect();
+        let out_want = down_combine(&h_host, &p.routed, &p.down, p.weight_on, p.shared.as_ref()).unwrap();
+        let zero = vec![0.0; h_kernel.len()];
+        let down_bound: Vec<f64> = out_bounds(&p, &h_kernel, &zero, 1)
+            .into_iter()
+            .map(|b| 2.0 * b)
+            .collect();
+        check(&out, &out_want, &down_bound, &format!("{context}: down"));
+
+        let block = moe_experts(&x, &routed, &gu, &dn, p.weight_on, shared.as_ref()).unwrap();
+        let block_want = moe_experts(&p.x, &p.routed, &p.gate_up, &p.down, p.weight_on, p.shared.as_ref()).unwrap();
+        let block_bound: Vec<f64> = out_bounds(&p, &hx, &hb, 1).into_iter().map(|b| 2.0 * b).collect();
+        check(&block, &block_want, &block_bound, &format!("{context}: block"));
+    }
+}
+
+#[test]
+fn compiles_for_sm90a() {
+    if !nvrtc_or_skip("moe_experts compiles_for_sm90a") {
+        return;
+    }
+    for arch in MOE_EXPERTS.archs {
+        let compiled = compile_cubin(&MOE_EXPERTS, arch, &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(compiled.spill_bytes(), 0, "{}", compiled.log);
+    }
+}
