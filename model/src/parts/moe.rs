@@ -5,6 +5,7 @@ use l4_kernels::ops;
 
 use super::linear::Linear;
 use super::mlp::SwiGlu;
+use l4_kernels::moe_experts::{WeightOn, moe_experts};
 use l4_kernels::moe_routing::{MAX_EXPERTS, RouteKind, RoutedTokens, route};
 
 use super::router::{Assignment, Router, RouterInput, Routing, WeightPlacement};
@@ -144,7 +145,9 @@ impl Moe {
     /// As [`Moe::forward`], with the tokens' ids for strategies that route by id (`hash`).
     /// Tokens are grouped per expert so each expert runs one GEMM over its tokens and unchosen
     /// experts do no work; the outputs are gathered back per token and summed in assignment
-    /// order, the same order on every device.
+    /// order, the same order on every device. On a GPU, with the fused routing kernel and the
+    /// experts in HF's fused layout in the compute dtype, the grouped expert kernels
+    /// (`l4_kernels::moe_experts`) do all of this in three launches plus the shared expert.
     pub fn forward_with_ids(&self, x: &Tensor, token_ids: Option<&[i64]>) -> Result<MoeOutput> {
         let [n, d] = x.shape()[..] else {
             return Err(Error::BadShape {
@@ -156,12 +159,16 @@ impl Moe {
         let n_experts = self.num_experts();
         let f = self.experts.width();
         let router_logits = self.router.forward(x)?; // [n, e]
-        let routing = match self.strategy.fused() {
-            // On a GPU the fused kernel routes; only [n, k] choices come back to the host.
+        // On a GPU the fused kernel routes; only [n, k] choices come back to the host.
+        let fused = match self.strategy.fused() {
             Some(kind) if x.device().is_cuda() && n_experts <= MAX_EXPERTS => {
-                fused_routing(&route(&router_logits, kind)?, n, n_experts, kind)?
+                Some((route(&router_logits, kind)?, kind))
             }
-            _ => self.strategy.route(&RouterInput {
+            _ => None,
+        };
+        let routing = match &fused {
+            Some((routed, kind)) => fused_routing(routed, n, n_experts, *kind)?,
+            None => self.strategy.route(&RouterInput {
                 logits: &router_logits.to_f32_vec()?,
                 n_tokens: n,
                 n_experts,
@@ -182,6 +189,23 @@ impl Moe {
                     bad.expert
                 ),
             ));
+        }
+        // Fused experts in the compute dtype after the fused routing: the grouped expert kernels
+        // (gate_up + SwiGLU, down + weight + shared + fixed-order combine) over the sorted slots.
+        if let (Some((routed, kind)), Experts::Fused { gate_up, down }) = (&fused, &self.experts)
+            && gate_up.dtype() == x.dtype()
+        {
+            let shared = self.shared.as_ref().map(|s| s.forward(x)).transpose()?;
+            let weight_on = match kind {
+                RouteKind::Llama4 => WeightOn::Input,
+                RouteKind::SoftmaxTopK { .. } => WeightOn::Output,
+            };
+            let output = moe_experts(x, routed, gate_up, down, weight_on, shared.as_ref())?;
+            return Ok(MoeOutput {
+                output,
+                router_logits,
+                routing,
+            });
         }
         // Assignment indices grouped by expert, in expert order.
         let mut by_expert: Vec<Vec<usize>> = vec![Vec::new(); n_experts];
