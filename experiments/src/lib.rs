@@ -3,4 +3,5 @@
 pub mod ablate;
 pub mod bench;
 pub mod info;
+pub mod plan;
 pub mod run;

@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use l4_core::{DType, Device};
 use l4_experiments::ablate::{self, AblateOptions};
 use l4_experiments::bench::{self, BenchOptions};
+use l4_experiments::plan::budget::{parse_gib, parse_tokens};
+use l4_experiments::plan::{self, GpuMemory, PlanOptions};
 use l4_experiments::run::{self, PromptSource, RunOptions};
 use l4_model::parts::fp8::Fp8Mode;
 
@@ -126,6 +128,40 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Memory for a context length: weights and KV cache, iRoPE (chunked layers hold one chunk)
+    /// against all-global attention, whether they fit the GPU and the longest context that does.
+    /// Allocates nothing. Activations, workspace and the CUDA context are not counted.
+    Plan {
+        /// A preset name (see `l4 info`) or an HF checkpoint folder.
+        #[arg(long)]
+        model: String,
+        /// Tokens of context per sequence: a number, or with a binary suffix (8K = 8192,
+        /// 10M = 10485760).
+        #[arg(long, value_parser = parse_tokens)]
+        context: u64,
+        /// GPU memory in GiB (instead of --gpu).
+        #[arg(long, value_parser = parse_gib, allow_negative_numbers = true, conflicts_with = "gpu")]
+        gpu_memory: Option<f64>,
+        /// A card: h100 (80 GiB), h200 (141 GiB), a100-80, a100-40 (marketed capacities, read as
+        /// GiB), or cuda for the total memory of CUDA device 0. Default: h100.
+        #[arg(long)]
+        gpu: Option<String>,
+        /// Compute dtype of the weights not in FP8, and of the KV cache: f32, bf16 or f16.
+        #[arg(long, default_value = "bf16")]
+        dtype: DType,
+        /// FP8 weights: none, experts (Meta's recipe: routed experts of all but the first and
+        /// last layer, 1 byte a weight plus an f32 scale per output channel), experts-block
+        /// (128x128 block scales), all (every projection; the router, embedding and lm_head
+        /// stay in --dtype), dequant (counted as none: it runs dequantized).
+        #[arg(long, default_value = "none")]
+        fp8: Fp8Mode,
+        /// Sequences cached side by side.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Also write memory against context (1K to 10M tokens, log-log) to this SVG file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
     /// Greedy decoding from all of `input_ids`, with the KV cache.
     Generate {
         #[command(flatten)]
@@ -216,6 +252,31 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Info { model: Some(model) } => l4_experiments::info::model_report(&model).map(|r| print!("{r}")),
+        Command::Plan {
+            model,
+            context,
+            gpu_memory,
+            gpu,
+            dtype,
+            fp8,
+            batch,
+            plot,
+        } => match (gpu_memory, gpu) {
+            (Some(gib), _) => GpuMemory::gib(gib),
+            (None, name) => GpuMemory::named(name.as_deref().unwrap_or("h100")),
+        }
+        .and_then(|gpu| {
+            let options = PlanOptions {
+                model,
+                context,
+                gpu,
+                dtype,
+                fp8,
+                batch,
+                plot,
+            };
+            plan::run(&options).map(|r| print!("{r}"))
+        }),
         Command::Bench {
             model,
             prompt_len,
