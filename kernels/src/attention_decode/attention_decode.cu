@@ -19,6 +19,12 @@
 // The split size is fixed (SPLIT = 256 keys), so the result does not depend on the batch, the
 // grid or the hardware; there are no atomics. Fully masked splits write m = −∞, l = 0.
 //
+// Paged variant (attn_decode_split_paged_*): k and v are pools [NB, HK, BS, DH] (BS = 2^block_log2)
+// and key j of sequence b sits in block table[b·max_blocks + j / BS] at slot j mod BS; the
+// k/v_stride_b fields then hold the block stride. With chunk > 0 a key is also hidden from a
+// row when it lies before the row's C-aligned chunk (a chunked layer's pool may still hold the
+// tail of the previous chunk in its first block).
+//
 // Check: cargo xtask check-kernels                (sm_90a CUBIN, spills are errors, SASS class: none)
 // Test:  cargo test -p l4-kernels attention_decode (CPU always; GPU when present)
 // Bench: none yet.
@@ -40,9 +46,23 @@ struct DecodeParams {
     u32 heads_kv, rows, tq, dh;
     u32 keys, splits;
     long long q_start, k_start;
+    long long chunk;  // 0: global causal
     float scale;
+    u32 block_log2;   // paged only
+    u32 max_blocks;   // paged only
     u32 pad;
 };
+
+// Offset of key row j of (b, kh) given its (b or block) stride, head stride and row stride.
+template <bool PAGED>
+L4_DEVICE u64 dec_key_row(const int* __restrict__ table, const DecodeParams& p, u32 b, u32 kh, u32 j, u64 stride_b,
+                          u64 stride_h, u64 stride_s) {
+    if (PAGED) {
+        const u64 block = (u64)table[(u64)b * p.max_blocks + (j >> p.block_log2)];
+        return block * stride_b + (u64)kh * stride_h + (u64)(j & ((1u << p.block_log2) - 1)) * stride_s;
+    }
+    return (u64)b * stride_b + (u64)kh * stride_h + (u64)j * stride_s;
+}
 
 L4_DEVICE float dec_load_f32(const void* p, u64 i) { return ((const float*)p)[i]; }
 L4_DEVICE float dec_load_bf16(const void* p, u64 i) { return l4_bf16_to_f32(((const l4_bf16*)p)[i]); }
@@ -52,9 +72,10 @@ L4_DEVICE void dec_store_bf16(void* p, u64 i, float v) { ((l4_bf16*)p)[i] = l4_f
 L4_DEVICE void dec_store_f16(void* p, u64 i, float v) { ((l4_f16*)p)[i] = l4_f32_to_f16(v); }
 
 // Partials: [B·HK, splits, R] maxima and sums, [B·HK, splits, R, DH] accumulators (f32).
-template <float (*LOAD)(const void*, u64)>
+template <float (*LOAD)(const void*, u64), bool PAGED>
 static __device__ __forceinline__ void decode_split(const void* __restrict__ q, const void* __restrict__ k,
-                                                    const void* __restrict__ v, float* __restrict__ part_m,
+                                                    const void* __restrict__ v, const int* __restrict__ table,
+                                                    float* __restrict__ part_m,
                                                     float* __restrict__ part_l, float* __restrict__ part_acc,
                                                     const DecodeParams& p) {
     __shared__ float warp_m[DEC_WARPS][DEC_MAX_ROWS];
@@ -82,17 +103,17 @@ static __device__ __forceinline__ void decode_split(const void* __restrict__ q, 
     }
     const u32 first = split * DEC_SPLIT;
     const u32 last = min(first + DEC_SPLIT, p.keys);
-    const u64 k_base = (u64)b * p.k_stride_b + (u64)kh * p.k_stride_h;
-    const u64 v_base = (u64)b * p.v_stride_b + (u64)kh * p.v_stride_h;
     for (u32 j = first + warp; j < last; j += DEC_WARPS) {
         const long long key_pos = p.k_start + j;
+        const u64 k_row = dec_key_row<PAGED>(table, p, b, kh, j, p.k_stride_b, p.k_stride_h, p.k_stride_s);
+        const u64 v_row = dec_key_row<PAGED>(table, p, b, kh, j, p.v_stride_b, p.v_stride_h, p.v_stride_s);
         float kv[DEC_PER_LANE], vv[DEC_PER_LANE];
 #pragma unroll
         for (int c = 0; c < DEC_PER_LANE; ++c) {
             const u32 e = lane + 32 * c;
             const bool live = (u32)c < per_lane && e < p.dh;
-            kv[c] = live ? LOAD(k, k_base + (u64)j * p.k_stride_s + e) : 0.0f;
-            vv[c] = live ? LOAD(v, v_base + (u64)j * p.v_stride_s + e) : 0.0f;
+            kv[c] = live ? LOAD(k, k_row + e) : 0.0f;
+            vv[c] = live ? LOAD(v, v_row + e) : 0.0f;
         }
 #pragma unroll
         for (int r = 0; r < DEC_MAX_ROWS; ++r) {
@@ -102,7 +123,8 @@ static __device__ __forceinline__ void decode_split(const void* __restrict__ q, 
 #pragma unroll
             for (int c = 0; c < DEC_PER_LANE; ++c) s = fmaf(qv[r][c], kv[c], s);
             s = l4_warp_sum(s);
-            if (key_pos > q_pos) continue;  // masked: the same decision on every lane
+            const long long window = p.chunk > 0 ? q_pos - q_pos % p.chunk : key_pos;
+            if (key_pos > q_pos || key_pos < window) continue;  // masked: the same decision on every lane
             const float m_new = fmaxf(m[r], s);
             const float correction = expf(m[r] - m_new);  // 0 on the first visible key
             const float pj = expf(s - m_new);
@@ -169,7 +191,13 @@ static __device__ __forceinline__ void decode_combine(const float* __restrict__ 
         const void* __restrict__ q, const void* __restrict__ k, const void* __restrict__ v,                  \
         float* __restrict__ part_m, float* __restrict__ part_l, float* __restrict__ part_acc,                \
         const DecodeParams p) {                                                                              \
-        decode_split<dec_load_##DT>(q, k, v, part_m, part_l, part_acc, p);                                   \
+        decode_split<dec_load_##DT, false>(q, k, v, nullptr, part_m, part_l, part_acc, p);                   \
+    }                                                                                                         \
+    extern "C" __global__ void __launch_bounds__(DEC_THREADS) attn_decode_split_paged_##DT(                  \
+        const void* __restrict__ q, const void* __restrict__ k, const void* __restrict__ v,                  \
+        const int* __restrict__ table, float* __restrict__ part_m, float* __restrict__ part_l,               \
+        float* __restrict__ part_acc, const DecodeParams p) {                                                \
+        decode_split<dec_load_##DT, true>(q, k, v, table, part_m, part_l, part_acc, p);                      \
     }                                                                                                         \
     extern "C" __global__ void attn_decode_combine_##DT(const float* __restrict__ part_m,                    \
                                                         const float* __restrict__ part_l,                    \

@@ -1,13 +1,15 @@
-//! The CUDA launchers for `attention_decode.cu`: the split kernel, then the combine kernel.
+//! The CUDA launchers for `attention_decode.cu`: the split kernel (over strided K/V views or a
+//! paged pool), then the combine kernel.
 
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use l4_core::{DType, Error, Result, Tensor};
 
-use super::{DecodeShape, MAX_HEAD_DIM, MAX_ROWS, OP, SPLIT};
+use super::{DecodeShape, MAX_HEAD_DIM, MAX_ROWS, OP, PagedDecodeShape, SPLIT};
 use crate::elementwise::cuda::operand_view;
 use crate::gather::cuda::alloc_poisoned_in_tests;
 use crate::launch::{backend_of, contiguous_bytes, output_tensor};
 use crate::ops::contiguous;
+use crate::paged_kv::PagedKv;
 use crate::{ATTENTION_DECODE, load_function};
 
 /// Threads of a split block (`DEC_THREADS`).
@@ -32,30 +34,55 @@ struct Params {
     splits: u32,
     q_start: i64,
     k_start: i64,
+    chunk: i64,
     scale: f32,
+    block_log2: u32,
+    max_blocks: u32,
     pad: u32,
 }
 
 // SAFETY: #[repr(C)] plain integers and a float, laid out like `DecodeParams`.
 unsafe impl DeviceRepr for Params {}
 
+/// Where the split kernel reads keys and values.
+enum KvSource<'a> {
+    /// `[B, HK, S, DH]` views.
+    Strided { k: &'a Tensor, v: &'a Tensor },
+    /// A paged pool.
+    Paged(&'a PagedKv),
+}
+
 /// See [`super::decode_attention`]; the operands are checked.
 pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, shape: DecodeShape) -> Result<Tensor> {
-    let (b, hk, rows, dh) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
-    let keys = k.shape()[2];
-    if rows > MAX_ROWS || dh > MAX_HEAD_DIM {
-        return Err(Error::invalid(
-            OP,
-            format!("the CUDA kernel takes at most {MAX_ROWS} rows of width {MAX_HEAD_DIM}, got {rows} of {dh}"),
-        ));
-    }
     for (t, which) in [(k, "k"), (v, "v")] {
-        if t.layout().strides()[3] != 1 && dh > 1 {
+        if t.layout().strides()[3] != 1 && t.shape()[3] > 1 {
             return Err(Error::invalid(
                 OP,
                 format!("`{which}` needs unit stride along the head dim"),
             ));
         }
+    }
+    launch(q, KvSource::Strided { k, v }, k.shape()[2], shape, None)
+}
+
+/// See [`super::paged_decode_attention`]; the operands are checked.
+pub fn paged_decode_attention(q: &Tensor, cache: &PagedKv, shape: PagedDecodeShape) -> Result<Tensor> {
+    let contiguous_shape = DecodeShape {
+        tq: shape.tq,
+        q_start: shape.q_start,
+        k_start: cache.base(),
+        scale: shape.scale,
+    };
+    launch(q, KvSource::Paged(cache), cache.len(), contiguous_shape, shape.chunk)
+}
+
+fn launch(q: &Tensor, kv: KvSource<'_>, keys: usize, shape: DecodeShape, chunk: Option<usize>) -> Result<Tensor> {
+    let (b, hk, rows, dh) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
+    if rows > MAX_ROWS || dh > MAX_HEAD_DIM {
+        return Err(Error::invalid(
+            OP,
+            format!("the CUDA kernel takes at most {MAX_ROWS} rows of width {MAX_HEAD_DIM}, got {rows} of {dh}"),
+        ));
     }
     if [b * hk, keys, rows * dh].iter().any(|&x| x > u32::MAX as usize) {
         return Err(Error::invalid(OP, "problem too large for 32-bit indexing"));
@@ -76,15 +103,29 @@ pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, shape: DecodeShape) 
         }
     };
     let splits = keys.div_ceil(SPLIT).max(1);
-    let (ks, vs) = (k.layout().strides(), v.layout().strides());
+    let (strides, block_log2, max_blocks) = match &kv {
+        KvSource::Strided { k, v } => {
+            let (ks, vs) = (k.layout().strides(), v.layout().strides());
+            ([ks[0], ks[1], ks[2], vs[0], vs[1], vs[2]], 0, 0)
+        }
+        KvSource::Paged(cache) => {
+            let l = cache.layout();
+            let per_head = [l.block_stride, l.head_stride, l.head_dim];
+            (
+                [per_head, per_head].concat().try_into().expect("six strides"),
+                l.block_log2,
+                l.max_blocks,
+            )
+        }
+    };
     let params = Params {
         q_stride_bh: (rows * dh) as u64,
-        k_stride_b: ks[0] as u64,
-        k_stride_h: ks[1] as u64,
-        k_stride_s: ks[2] as u64,
-        v_stride_b: vs[0] as u64,
-        v_stride_h: vs[1] as u64,
-        v_stride_s: vs[2] as u64,
+        k_stride_b: strides[0] as u64,
+        k_stride_h: strides[1] as u64,
+        k_stride_s: strides[2] as u64,
+        v_stride_b: strides[3] as u64,
+        v_stride_h: strides[4] as u64,
+        v_stride_s: strides[5] as u64,
         heads_kv: hk as u32,
         rows: rows as u32,
         tq: shape.tq as u32,
@@ -93,37 +134,64 @@ pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, shape: DecodeShape) 
         splits: splits as u32,
         q_start: shape.q_start as i64,
         k_start: shape.k_start as i64,
+        chunk: chunk.unwrap_or(0) as i64,
         scale: shape.scale as f32,
+        block_log2,
+        max_blocks: max_blocks as u32,
         pad: 0,
     };
-    let out = alloc_poisoned_in_tests(&backend, OP, q.dtype(), b * hk * rows * dh)?;
-    let mut out = out;
+    let mut out = alloc_poisoned_in_tests(&backend, OP, q.dtype(), b * hk * rows * dh)?;
     let groups = b * hk * splits * rows;
     let mut part_m = alloc_poisoned_in_tests(&backend, OP, DType::F32, groups)?;
     let mut part_l = alloc_poisoned_in_tests(&backend, OP, DType::F32, groups)?;
     let mut part_acc = alloc_poisoned_in_tests(&backend, OP, DType::F32, groups * dh)?;
     let q_bytes = contiguous_bytes(&q, OP, "q")?;
-    let (k_bytes, v_bytes) = (operand_view(k, OP, "k")?, operand_view(v, OP, "v")?);
-
-    let split = load_function(&backend, &ATTENTION_DECODE, &format!("attn_decode_split_{dtype}"))?;
     let config = LaunchConfig {
         grid_dim: ((b * hk) as u32, splits as u32, 1),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    let mut builder = backend.stream().launch_builder(&split);
-    builder
-        .arg(&q_bytes)
-        .arg(&k_bytes)
-        .arg(&v_bytes)
-        .arg(&mut part_m)
-        .arg(&mut part_l)
-        .arg(&mut part_acc)
-        .arg(&params);
-    // SAFETY: the arguments match `attn_decode_split_*` (six device pointers, the by-value
-    // params); q holds B·HK·R·DH elements, k and v views reach every (b, kh, j, e) through the
-    // strides given, and the partial buffers hold one entry per (b·kh, split, row[, e]).
-    unsafe { builder.launch(config) }?;
+    match kv {
+        KvSource::Strided { k, v } => {
+            let (k_bytes, v_bytes) = (operand_view(k, OP, "k")?, operand_view(v, OP, "v")?);
+            let split = load_function(&backend, &ATTENTION_DECODE, &format!("attn_decode_split_{dtype}"))?;
+            let mut builder = backend.stream().launch_builder(&split);
+            builder
+                .arg(&q_bytes)
+                .arg(&k_bytes)
+                .arg(&v_bytes)
+                .arg(&mut part_m)
+                .arg(&mut part_l)
+                .arg(&mut part_acc)
+                .arg(&params);
+            // SAFETY: the arguments match `attn_decode_split_*` (six device pointers, the
+            // by-value params); q holds B·HK·R·DH elements, k and v views reach every
+            // (b, kh, j, e) through the strides given, and the partial buffers hold one entry per
+            // (b·kh, split, row[, e]).
+            unsafe { builder.launch(config) }?;
+        }
+        KvSource::Paged(cache) => {
+            let parts = cache
+                .device_parts()
+                .ok_or_else(|| Error::invalid(OP, "the paged cache holds no keys on a GPU"))?;
+            let split = load_function(&backend, &ATTENTION_DECODE, &format!("attn_decode_split_paged_{dtype}"))?;
+            let mut builder = backend.stream().launch_builder(&split);
+            builder
+                .arg(&q_bytes)
+                .arg(parts.k)
+                .arg(parts.v)
+                .arg(parts.table)
+                .arg(&mut part_m)
+                .arg(&mut part_l)
+                .arg(&mut part_acc)
+                .arg(&params);
+            // SAFETY: the arguments match `attn_decode_split_paged_*` (seven device pointers,
+            // the by-value params); the pools are [NB, HK, BS, DH] with the strides given, the
+            // table is [B, max_blocks] and covers keys 0..S of every sequence with blocks below
+            // NB, and the partial buffers hold one entry per (b·kh, split, row[, e]).
+            unsafe { builder.launch(config) }?;
+        }
+    }
 
     let combine = load_function(&backend, &ATTENTION_DECODE, &format!("attn_decode_combine_{dtype}"))?;
     let config = LaunchConfig {

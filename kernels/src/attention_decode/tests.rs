@@ -164,3 +164,178 @@ fn compiles_for_every_declared_arch_without_spills() {
         assert_eq!(compiled.spill_bytes(), 0, "{}", compiled.log);
     }
 }
+
+mod paged {
+    //! The paged variant: shuffled block tables give bit-identical results to contiguous keys,
+    //! chunked windows hide the previous chunk's tail still held in the first block, and a
+    //! sequence's result does not depend on the batch it is decoded in.
+
+    use super::*;
+    use crate::attention_decode::{PagedDecodeShape, paged_decode_attention};
+    use crate::paged_kv::tests::{bits, devices, paged_from};
+
+    #[test]
+    fn shuffled_block_tables_equal_contiguous_keys() {
+        let seed = fresh_seed();
+        let mut rng = Rng(seed);
+        for device in devices("shuffled_block_tables_equal_contiguous_keys") {
+            for case in 0..10 {
+                let (b, hk, g) = (1 + rng.below(2), 1 + rng.below(3), [1, 2, 5, 8][case % 4]);
+                let tq = if g <= 4 { 1 + rng.below(2) } else { 1 };
+                let dh = [16, 64, 128, 40][case % 4];
+                let keys = [1, 37, SPLIT, SPLIT + 3, 3 * SPLIT + 11][case % 5].max(tq);
+                let block = [1, 4, 16, 64][rng.below(4)];
+                let dtype = [DType::F32, DType::BF16][case % 2];
+                let on = |t: Tensor| t.to_dtype(dtype).unwrap().to_device(device).unwrap();
+                let q = on(random(&[b, hk, g * tq, dh], &mut rng));
+                let k = on(random(&[b, hk, keys, dh], &mut rng));
+                let v = on(random(&[b, hk, keys, dh], &mut rng));
+                let k_start = rng.below(100);
+                let cache = paged_from(&k, &v, k_start, block, &mut rng);
+                let q_start = k_start + keys - tq;
+                let scale = (dh as f64).powf(-0.5);
+                let paged = PagedDecodeShape {
+                    tq,
+                    q_start,
+                    chunk: None,
+                    scale,
+                };
+                let got = paged_decode_attention(&q, &cache, paged).unwrap();
+                let contiguous = DecodeShape {
+                    tq,
+                    q_start,
+                    k_start,
+                    scale,
+                };
+                let want = decode_attention(&q, &k, &v, contiguous).unwrap();
+                let context = format!(
+                    "seed {seed}, case {case}, {device}: b {b} hk {hk} g {g} tq {tq} dh {dh} keys {keys} block {block}"
+                );
+                assert!(bits(&got) == bits(&want), "{context}");
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_windows_hide_the_previous_chunk() {
+        let seed = fresh_seed();
+        let mut rng = Rng(seed);
+        for device in devices("chunked_windows_hide_the_previous_chunk") {
+            for case in 0..6 {
+                let (b, hk, g, dh) = (1 + rng.below(2), 1 + rng.below(2), [1, 5][case % 2], 64);
+                let chunk = [8, 300, 600][case % 3];
+                let dtype = [DType::F32, DType::BF16][case % 2];
+                let on = |t: Tensor| t.to_dtype(dtype).unwrap().to_device(device).unwrap();
+                // The cache starts mid-chunk before the query's chunk, as a chunked layer's pool
+                // does when its chunk is not a multiple of the block.
+                let q_pos = 3 * chunk + rng.below(chunk);
+                let k_start = 2 * chunk + rng.below(chunk);
+                let keys = q_pos + 1 - k_start;
+                let q = on(random(&[b, hk, g, dh], &mut rng));
+                let k = on(random(&[b, hk, keys, dh], &mut rng));
+                let v = on(random(&[b, hk, keys, dh], &mut rng));
+                let cache = paged_from(&k, &v, k_start, 16, &mut rng);
+                let scale = (dh as f64).powf(-0.5);
+                let shape = PagedDecodeShape {
+                    tq: 1,
+                    q_start: q_pos,
+                    chunk: Some(chunk),
+                    scale,
+                };
+                let got = paged_decode_attention(&q, &cache, shape).unwrap();
+                let window = q_pos - q_pos % chunk;
+                let (kw, vw) = (
+                    k.narrow(2, window - k_start, q_pos + 1 - window).unwrap(),
+                    v.narrow(2, window - k_start, q_pos + 1 - window).unwrap(),
+                );
+                let cpu = |t: &Tensor| t.to_device(Device::Cpu).unwrap();
+                let contiguous = DecodeShape {
+                    tq: 1,
+                    q_start: q_pos,
+                    k_start: window,
+                    scale,
+                };
+                let want = reference::decode_attention(&cpu(&q), &cpu(&kw), &cpu(&vw), contiguous).unwrap();
+                let context =
+                    format!("seed {seed}, case {case}, {device}: chunk {chunk} q {q_pos} keys from {k_start}");
+                let tol = if device.is_cuda() {
+                    bound(&cpu(&q), &cpu(&kw), &cpu(&vw), scale, dtype)
+                } else {
+                    Tolerance::exact()
+                };
+                assert_close(&got.to_f64_vec().unwrap(), &want.to_f64_vec().unwrap(), tol, &context).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_sequence_decodes_the_same_in_any_batch() {
+        let seed = fresh_seed();
+        let mut rng = Rng(seed);
+        for device in devices("a_sequence_decodes_the_same_in_any_batch") {
+            let (b, hk, g, dh, keys) = (3, 2, 5, 128, 700);
+            let on = |t: Tensor| t.to_dtype(DType::BF16).unwrap().to_device(device).unwrap();
+            let q = on(random(&[b, hk, g, dh], &mut rng));
+            let k = on(random(&[b, hk, keys, dh], &mut rng));
+            let v = on(random(&[b, hk, keys, dh], &mut rng));
+            let shape = PagedDecodeShape {
+                tq: 1,
+                q_start: keys - 1,
+                chunk: None,
+                scale: 0.1,
+            };
+            let batched = paged_decode_attention(&q, &paged_from(&k, &v, 0, 64, &mut rng), shape).unwrap();
+            for i in 0..b {
+                let one = |x: &Tensor| x.narrow(0, i, 1).unwrap();
+                let alone =
+                    paged_decode_attention(&one(&q), &paged_from(&one(&k), &one(&v), 0, 64, &mut rng), shape).unwrap();
+                assert!(
+                    bits(&alone) == bits(&one(&batched)),
+                    "seed {seed}, sequence {i} on {device}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bad_input_is_an_error() {
+        let k = Tensor::zeros(&[1, 2, 5, 8], DType::F32, Device::Cpu).unwrap();
+        let cache = paged_from(&k, &k, 10, 4, &mut Rng(1));
+        let q = Tensor::zeros(&[1, 2, 3, 8], DType::F32, Device::Cpu).unwrap();
+        let shape = PagedDecodeShape {
+            tq: 1,
+            q_start: 14,
+            chunk: None,
+            scale: 1.0,
+        };
+        assert!(paged_decode_attention(&q, &cache, shape).is_ok());
+        assert!(
+            paged_decode_attention(&q, &cache, PagedDecodeShape { q_start: 9, ..shape }).is_err(),
+            "no key"
+        );
+        let chunked = PagedDecodeShape {
+            chunk: Some(4),
+            q_start: 16,
+            ..shape
+        };
+        assert!(
+            paged_decode_attention(&q, &cache, chunked).is_err(),
+            "the chunk at 16 holds no cached key"
+        );
+        assert!(
+            paged_decode_attention(
+                &q,
+                &cache,
+                PagedDecodeShape {
+                    chunk: Some(0),
+                    ..shape
+                }
+            )
+            .is_err()
+        );
+        let other_heads = Tensor::zeros(&[1, 3, 3, 8], DType::F32, Device::Cpu).unwrap();
+        assert!(paged_decode_attention(&other_heads, &cache, shape).is_err(), "kv heads");
+        let bf = q.to_dtype(DType::BF16).unwrap();
+        assert!(paged_decode_attention(&bf, &cache, shape).is_err(), "dtype");
+    }
+}

@@ -17,7 +17,11 @@
 // Tiles wholly outside every row's window are never loaded, so chunked layers cost T·C, not
 // T². Deterministic: fixed tile order, no atomics, no split.
 //
-// Variants (extern "C"): attn_prefill_{bf16,f16}_d{16,32,64,128}.
+// Variants (extern "C"): attn_prefill_{bf16,f16}_d{16,32,64,128} over strided k/v views, and
+// attn_prefill_paged_{bf16,f16}_d{16,32,64,128} over paged pools [NB, HK, BS, DH]
+// (BS = 2^block_log2): key j of batch b sits in block table[b·max_blocks + j / BS] at slot
+// j mod BS, and k/v_stride_b hold the block stride. The paged tile load looks the block up per
+// row; with the cache's 64-token blocks a 64-key tile is one block of one head.
 //
 // Check: cargo xtask check-kernels                 (sm_90a CUBIN, spills are errors, SASS class: HMMA)
 // Test:  cargo test -p l4-kernels attention_prefill (CPU always; GPU when present)
@@ -39,8 +43,21 @@ struct PrefillParams {
     i64 q_start, k_start;
     i64 chunk;  // 0: global
     float scale;
+    u32 block_log2;  // paged only
+    u32 max_blocks;  // paged only
     u32 pad;
 };
+
+// Offset of key row `key` of (batch, kv_head) given its (batch or block), head and row strides.
+template <bool PAGED>
+L4_DEVICE u64 pf_key_row(const int* __restrict__ table, const PrefillParams& p, u32 batch, u32 kv_head, i64 key,
+                         u64 stride_b, u64 stride_h, u64 stride_s) {
+    if (PAGED) {
+        const u64 block = (u64)table[(u64)batch * p.max_blocks + (u64)(key >> p.block_log2)];
+        return block * stride_b + (u64)kv_head * stride_h + (u64)(key & ((1 << p.block_log2) - 1)) * stride_s;
+    }
+    return (u64)batch * stride_b + (u64)kv_head * stride_h + (u64)key * stride_s;
+}
 
 template <bool BF16>
 struct Half2 {
@@ -82,9 +99,10 @@ L4_DEVICE void pf_mma(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
 // The first visible key position of a query at q_pos (chunk start, or −∞ for global).
 L4_DEVICE i64 pf_window_start(i64 q_pos, i64 chunk) { return chunk > 0 ? q_pos - q_pos % chunk : (i64)-1 << 62; }
 
-template <bool BF16, int DH>
+template <bool BF16, int DH, bool PAGED>
 static __device__ __forceinline__ void prefill(const unsigned short* __restrict__ q, const unsigned short* __restrict__ k,
-                                               const unsigned short* __restrict__ v, unsigned short* __restrict__ out,
+                                               const unsigned short* __restrict__ v, const int* __restrict__ table,
+                                               unsigned short* __restrict__ out,
                                                const PrefillParams& p) {
     constexpr int KPAD = DH + 8;       // K tile row: DH halves + 16 bytes
     constexpr int VPAD = PF_KEYS + 8;  // Vᵀ tile row: 64 halves + 16 bytes
@@ -124,8 +142,6 @@ static __device__ __forceinline__ void prefill(const unsigned short* __restrict_
     const i64 lo_pos = max(pf_window_start(q_first, p.chunk), p.k_start);
     const i64 key_begin = max((i64)0, lo_pos - p.k_start);
     const i64 key_end = min((i64)p.keys, q_last - p.k_start + 1);
-    const u64 k_base = (u64)batch * p.k_stride_b + (u64)kv_head * p.k_stride_h;
-    const u64 v_base = (u64)batch * p.v_stride_b + (u64)kv_head * p.v_stride_h;
     const i64 q_pos_lo = p.q_start + r_lo, q_pos_hi = p.q_start + r_hi;
     const i64 win_lo = pf_window_start(q_pos_lo, p.chunk), win_hi = pf_window_start(q_pos_hi, p.chunk);
 
@@ -135,8 +151,15 @@ static __device__ __forceinline__ void prefill(const unsigned short* __restrict_
             const u32 j = i / DH, e = i % DH;
             const i64 key = tile + j;
             const bool live = key < (i64)p.keys;
-            k_tile[j * KPAD + e] = live ? k[k_base + (u64)key * p.k_stride_s + e] : 0;
-            vt_tile[e * VPAD + j] = live ? v[v_base + (u64)key * p.v_stride_s + e] : 0;
+            if (live) {
+                k_tile[j * KPAD + e] =
+                    k[pf_key_row<PAGED>(table, p, batch, kv_head, key, p.k_stride_b, p.k_stride_h, p.k_stride_s) + e];
+                vt_tile[e * VPAD + j] =
+                    v[pf_key_row<PAGED>(table, p, batch, kv_head, key, p.v_stride_b, p.v_stride_h, p.v_stride_s) + e];
+            } else {
+                k_tile[j * KPAD + e] = 0;
+                vt_tile[e * VPAD + j] = 0;
+            }
         }
         __syncthreads();
 
@@ -230,17 +253,23 @@ static __device__ __forceinline__ void prefill(const unsigned short* __restrict_
 }
 
 #define L4_PREFILL(NAME, BF16, DH)                                                                          \
-    extern "C" __global__ void __launch_bounds__(PF_THREADS, 1) NAME(                                       \
+    extern "C" __global__ void __launch_bounds__(PF_THREADS, 1) attn_prefill_##NAME(                        \
         const unsigned short* __restrict__ q, const unsigned short* __restrict__ k,                         \
         const unsigned short* __restrict__ v, unsigned short* __restrict__ out, const PrefillParams p) {    \
-        prefill<BF16, DH>(q, k, v, out, p);                                                                 \
+        prefill<BF16, DH, false>(q, k, v, nullptr, out, p);                                                 \
+    }                                                                                                       \
+    extern "C" __global__ void __launch_bounds__(PF_THREADS, 1) attn_prefill_paged_##NAME(                  \
+        const unsigned short* __restrict__ q, const unsigned short* __restrict__ k,                         \
+        const unsigned short* __restrict__ v, const int* __restrict__ table, unsigned short* __restrict__ out, \
+        const PrefillParams p) {                                                                            \
+        prefill<BF16, DH, true>(q, k, v, table, out, p);                                                    \
     }
 
-L4_PREFILL(attn_prefill_bf16_d16, true, 16)
-L4_PREFILL(attn_prefill_bf16_d32, true, 32)
-L4_PREFILL(attn_prefill_bf16_d64, true, 64)
-L4_PREFILL(attn_prefill_bf16_d128, true, 128)
-L4_PREFILL(attn_prefill_f16_d16, false, 16)
-L4_PREFILL(attn_prefill_f16_d32, false, 32)
-L4_PREFILL(attn_prefill_f16_d64, false, 64)
-L4_PREFILL(attn_prefill_f16_d128, false, 128)
+L4_PREFILL(bf16_d16, true, 16)
+L4_PREFILL(bf16_d32, true, 32)
+L4_PREFILL(bf16_d64, true, 64)
+L4_PREFILL(bf16_d128, true, 128)
+L4_PREFILL(f16_d16, false, 16)
+L4_PREFILL(f16_d32, false, 32)
+L4_PREFILL(f16_d64, false, 64)
+L4_PREFILL(f16_d128, false, 128)

@@ -164,3 +164,139 @@ fn compiles_for_every_declared_arch_without_spills() {
         assert_eq!(compiled.spill_bytes(), 0, "{}", compiled.log);
     }
 }
+
+mod paged {
+    //! The paged variant: shuffled block tables give bit-identical results to contiguous keys,
+    //! a chunk of at least the sequence is global attention, and decoding token t from the same
+    //! cache gives row t of the prefill output.
+
+    use super::*;
+    use crate::attention_decode::{PagedDecodeShape, paged_decode_attention};
+    use crate::attention_prefill::{PagedPrefillShape, paged_prefill_attention};
+    use crate::paged_kv::tests::{bits, devices, paged_from};
+
+    /// bf16 on CUDA (the kernel's dtypes), f32 on the CPU.
+    fn dtype_on(device: Device) -> DType {
+        if device.is_cuda() { DType::BF16 } else { DType::F32 }
+    }
+
+    #[test]
+    fn shuffled_block_tables_equal_contiguous_keys() {
+        let seed = fresh_seed();
+        let mut rng = Rng(seed);
+        for device in devices("shuffled_block_tables_equal_contiguous_keys") {
+            for case in 0..8 {
+                let (b, hk, g) = (1 + rng.below(2), 1 + rng.below(2), [1, 2, 5][case % 3]);
+                let dh = [16, 64, 128, 32][case % 4];
+                let t = 1 + rng.below(150);
+                let cached = rng.below(100);
+                let block = [1, 8, 64][rng.below(3)];
+                let chunk = [None, Some(16), Some(64), Some(100)][case % 4];
+                let on = |x: Tensor| x.to_dtype(dtype_on(device)).unwrap().to_device(device).unwrap();
+                let q = on(random(&[b, hk * g, t, dh], &mut rng));
+                let k = on(random(&[b, hk, cached + t, dh], &mut rng));
+                let v = on(random(&[b, hk, cached + t, dh], &mut rng));
+                let k_start = rng.below(40);
+                let cache = paged_from(&k, &v, k_start, block, &mut rng);
+                let scale = (dh as f64).powf(-0.5);
+                let q_start = k_start + cached;
+                let got = paged_prefill_attention(&q, &cache, PagedPrefillShape { q_start, chunk, scale }).unwrap();
+                let want = prefill_attention(
+                    &q,
+                    &k,
+                    &v,
+                    PrefillShape {
+                        q_start,
+                        k_start,
+                        chunk,
+                        scale,
+                    },
+                )
+                .unwrap();
+                let context = format!(
+                    "seed {seed}, case {case}, {device}: b {b} hk {hk} g {g} t {t} cached {cached} dh {dh} block {block} chunk {chunk:?}"
+                );
+                assert!(bits(&got) == bits(&want), "{context}");
+                // A chunk covering every position is global attention, bit for bit.
+                if chunk.is_none() {
+                    let wide = Some(q_start + t);
+                    let chunked = paged_prefill_attention(
+                        &q,
+                        &cache,
+                        PagedPrefillShape {
+                            q_start,
+                            chunk: wide,
+                            scale,
+                        },
+                    )
+                    .unwrap();
+                    assert!(bits(&chunked) == bits(&got), "chunk {wide:?} vs global: {context}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn decoding_token_t_gives_row_t_of_the_prefill() {
+        let seed = fresh_seed();
+        let mut rng = Rng(seed);
+        for device in devices("decoding_token_t_gives_row_t_of_the_prefill") {
+            for chunk in [None, Some(32)] {
+                let (b, hk, g, dh, t) = (2, 2, 5, 64, 90);
+                let on = |x: Tensor| x.to_dtype(dtype_on(device)).unwrap().to_device(device).unwrap();
+                let q = on(random(&[b, hk * g, t, dh], &mut rng));
+                let k = on(random(&[b, hk, t, dh], &mut rng));
+                let v = on(random(&[b, hk, t, dh], &mut rng));
+                let cache = paged_from(&k, &v, 0, 16, &mut rng);
+                let scale = (dh as f64).powf(-0.5);
+                let prefill = paged_prefill_attention(
+                    &q,
+                    &cache,
+                    PagedPrefillShape {
+                        q_start: 0,
+                        chunk,
+                        scale,
+                    },
+                )
+                .unwrap();
+                let cpu = |x: &Tensor| x.to_device(Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+                // One evaluation each against the exact result, so twice the bound between them.
+                let tol = if device.is_cuda() {
+                    let one = bound(&q.to_device(Device::Cpu).unwrap(), &cpu(&k), &cpu(&v), scale);
+                    Tolerance {
+                        atol: 2.0 * one.atol,
+                        rtol: 0.0,
+                    }
+                } else {
+                    Tolerance::exact()
+                };
+                for pos in [0, 1, 31, 32, 63, 89] {
+                    // Row pos of every head, grouped by KV head: [b, hk, g, dh].
+                    let q_row = q
+                        .narrow(2, pos, 1)
+                        .unwrap()
+                        .contiguous()
+                        .unwrap()
+                        .reshape(&[b, hk, g, dh])
+                        .unwrap();
+                    let shape = PagedDecodeShape {
+                        tq: 1,
+                        q_start: pos,
+                        chunk,
+                        scale,
+                    };
+                    let decoded = paged_decode_attention(&q_row, &cache, shape).unwrap();
+                    let row = crate::ops::contiguous(&prefill.narrow(2, pos, 1).unwrap()).unwrap();
+                    let context = format!("seed {seed}, {device}, chunk {chunk:?}, position {pos}");
+                    assert_close(
+                        &decoded.to_f64_vec().unwrap(),
+                        &row.to_f64_vec().unwrap(),
+                        tol,
+                        &context,
+                    )
+                    .unwrap();
+                }
+            }
+        }
+    }
+}

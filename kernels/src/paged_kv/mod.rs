@@ -25,7 +25,7 @@
 pub mod cuda;
 pub mod reference;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use cudarc::driver::CudaSlice;
 use l4_core::{CpuStorage, DType, Device, Error, Result, Tensor};

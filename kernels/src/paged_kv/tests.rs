@@ -20,7 +20,28 @@ fn random(shape: &[usize], dtype: DType, rng: &mut Rng) -> Tensor {
         .unwrap()
 }
 
-fn shuffled(n: usize, rng: &mut Rng) -> Vec<u32> {
+/// A cache holding `k, v [b, hk, s, dh]` at positions `start..start + s`, appended in random
+/// pieces into blocks of `block` slots handed out in a shuffled order (for the attention tests).
+pub(crate) fn paged_from(k: &Tensor, v: &Tensor, start: usize, block: usize, rng: &mut Rng) -> PagedKv {
+    let [b, hk, s, dh] = k.shape()[..] else {
+        panic!("k must be 4-D")
+    };
+    let blocks = b * s.div_ceil(block);
+    let mut cache = PagedKv::new(b, hk, dh, block, k.dtype(), k.device())
+        .unwrap()
+        .with_block_order(shuffled(blocks, rng))
+        .unwrap();
+    let mut done = 0;
+    while done < s {
+        let t = (1 + rng.below(2 * block + 1)).min(s - done);
+        let piece = |x: &Tensor| x.narrow(2, done, t).unwrap();
+        cache.append(&piece(k), &piece(v), start + done).unwrap();
+        done += t;
+    }
+    cache
+}
+
+pub(crate) fn shuffled(n: usize, rng: &mut Rng) -> Vec<u32> {
     let mut order: Vec<u32> = (0..n as u32).collect();
     for i in (1..n).rev() {
         order.swap(i, rng.below(i + 1));
@@ -28,14 +49,14 @@ fn shuffled(n: usize, rng: &mut Rng) -> Vec<u32> {
     order
 }
 
-fn devices(test: &str) -> Vec<Device> {
+pub(crate) fn devices(test: &str) -> Vec<Device> {
     test_devices()
         .into_iter()
         .filter(|d| !d.is_cuda() || nvrtc_or_skip(test))
         .collect()
 }
 
-fn bits(t: &Tensor) -> Vec<u8> {
+pub(crate) fn bits(t: &Tensor) -> Vec<u8> {
     t.to_device(Device::Cpu)
         .unwrap()
         .cpu_storage("test")
