@@ -55,6 +55,8 @@ pub struct AblateOptions {
 pub struct Report {
     /// The results folder.
     pub out: PathBuf,
+    /// What ran it (CPU threads and model, or the GPU's name).
+    pub device: String,
     /// The summary table.
     pub table: String,
     /// Per variant: name, hash, metrics.
@@ -79,34 +81,38 @@ pub fn ablate(options: &AblateOptions) -> Result<Report> {
             .map_err(|e| anyhow!("progress bar template: {e}"))?,
     );
     progress.enable_steady_tick(Duration::from_millis(200));
-    let mut log = MetricsLog::create(staging.path())?;
-    let mut base_logits: Option<Vec<f32>> = None;
-    let mut rows = Vec::new();
-    for variant in &ablation.variants {
-        let outcome = run_variant(&ablation, variant, device, &prompts.ids, &progress)
-            .map_err(|e| anyhow!("variant `{}`: {e:#}", variant.name))?;
-        let vocab = spec.vocab_size;
-        let base = base_logits.get_or_insert_with(|| outcome.logits.clone());
+    let measured = (|| -> Result<Vec<(String, String, VariantMetrics)>> {
+        let mut log = MetricsLog::create(staging.path())?;
         let ids = prompts.ids.to_vec::<i64>()?;
-        let metrics = VariantMetrics {
-            agreement: metrics::agreement(base, &outcome.logits, vocab),
-            perplexity: with_perplexity
-                .then(|| metrics::perplexity(&outcome.logits, &ids, prompts.ids.shape()[0], vocab))
-                .flatten(),
-            overall: metrics::overall(&outcome.layers),
-            layers: outcome.layers,
-            load_seconds: outcome.load_seconds,
-            prefill_tokens_per_s: outcome.prefill_tokens_per_s,
-            decode_tokens_per_s: outcome.decode_tokens_per_s,
-            peak_rss_mib: outcome.peak_rss_mib,
-            device_memory_mib: outcome.device_memory_mib,
-        };
-        log.append(&variant.name, &metrics)?;
-        rows.push((variant.name.clone(), variant.hash.clone(), metrics));
-        progress.inc(1);
-    }
+        let vocab = spec.vocab_size;
+        let mut base_logits: Option<Vec<f32>> = None;
+        let mut rows = Vec::new();
+        for variant in &ablation.variants {
+            let outcome = run_variant(&ablation, variant, device, &prompts.ids, &progress)
+                .map_err(|e| anyhow!("variant `{}`: {e:#}", variant.name))?;
+            let base = base_logits.get_or_insert_with(|| outcome.logits.clone());
+            let metrics = VariantMetrics {
+                agreement: metrics::agreement(base, &outcome.logits, vocab),
+                perplexity: with_perplexity
+                    .then(|| metrics::perplexity(&outcome.logits, &ids, prompts.ids.shape()[0], vocab))
+                    .flatten(),
+                overall: metrics::overall(&outcome.layers),
+                layers: outcome.layers,
+                load_seconds: outcome.load_seconds,
+                prefill_tokens_per_s: outcome.prefill_tokens_per_s,
+                decode_tokens_per_s: outcome.decode_tokens_per_s,
+                peak_rss_mib: outcome.peak_rss_mib,
+                device_memory_mib: outcome.device_memory_mib,
+            };
+            log.append(&variant.name, &metrics)?;
+            rows.push((variant.name.clone(), variant.hash.clone(), metrics));
+            progress.inc(1);
+        }
+        Ok(rows)
+    })();
+    // Cleared on failure too, so that the error is the last line on the terminal.
     progress.finish_and_clear();
-    drop(log);
+    let rows = measured?;
 
     let run = resolved_run(&ablation, device, &prompts, with_perplexity, resets_peak)?;
     results::write_resolved(staging.path(), &run)?;
@@ -115,6 +121,7 @@ pub fn ablate(options: &AblateOptions) -> Result<Report> {
     let out = staging.commit()?;
     Ok(Report {
         out,
+        device: run.device_name,
         table: results::summary_table(&rows),
         rows,
     })

@@ -1,12 +1,12 @@
-//! SVG plots of an ablation: one expert-load heatmap per variant (MoE layers × experts) and one
-//! bar chart per metric across variants. plotters' SVG backend writes text as SVG text
+//! SVG plots of an ablation: expert-load heatmaps, one per variant (MoE layers × experts) and
+//! one per MoE layer (variants × experts), and one bar chart per metric across variants. plotters' SVG backend writes text as SVG text
 //! elements, so nothing here needs fonts or system libraries.
 
 use std::path::Path;
 
 use anyhow::{Result, anyhow};
-use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::metrics::{LayerLoad, VariantMetrics};
 
@@ -30,64 +30,72 @@ fn load_colour(ratio: f64) -> RGBColor {
     }
 }
 
-/// `n` discrete slots 0..n on an axis (plotters' integer ranges include their end).
-fn segments(n: usize) -> plotters::coord::ranged1d::SegmentedCoord<plotters::coord::types::RangedCoordusize> {
-    (0..n.max(1) - 1).into_segmented()
+/// Slot `i` of an axis of discrete slots is the interval `[i, i + 1)` of an f64 axis `0..n`.
+/// Its label sits at `i + 0.5`: asked for `2n + 1` labels, plotters puts them every 0.5 (its
+/// steps are 1, 2 and 5 times a power of ten), and only the centres are named. (plotters' own
+/// segmented axes collapse to nothing when they have a single slot.)
+fn slot_labels(n: usize) -> usize {
+    2 * n + 1
 }
 
-fn label<T: ToString>(value: &SegmentValue<usize>, names: impl Fn(usize) -> T) -> String {
-    match value {
-        SegmentValue::CenterOf(i) => names(*i).to_string(),
-        _ => String::new(),
+/// The name of the slot whose centre is `v`, or nothing at a slot boundary.
+fn slot_label<T: ToString>(v: f64, n: usize, names: impl Fn(usize) -> T) -> String {
+    let slot = v - 0.5;
+    let i = slot.round();
+    match (slot - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
+        true => names(i as usize).to_string(),
+        false => String::new(),
     }
 }
 
-/// The expert-load heatmap of one variant: a row per MoE layer, a column per expert, each cell
-/// coloured by its load over the layer's mean load and labelled with its count.
-pub fn load_heatmap(path: &Path, variant: &str, layers: &[LayerLoad]) -> Result<()> {
-    let Some(first) = layers.first() else {
+/// A load heatmap: a row per entry of `rows` (label, assignments per expert), a column per
+/// expert, each cell coloured by its load over its row's mean load and labelled with its count.
+/// The first row is drawn at the top.
+fn load_heatmap(path: &Path, title: &str, row_axis: &str, rows: &[(String, &[usize])]) -> Result<()> {
+    let Some(experts) = rows.iter().map(|(_, load)| load.len()).max() else {
         return Ok(());
     };
-    let experts = first.stats.load.len();
-    let rows = layers.len();
-    let size = ((120 + 34 * experts) as u32, (110 + 30 * rows) as u32);
+    // The y axis counts upwards: reversed, the first row is drawn at the top.
+    let rows: Vec<&(String, &[usize])> = rows.iter().rev().collect();
+    let longest = rows.iter().map(|(label, _)| label.len()).max().unwrap_or(1);
+    let y_label_area = (7 * longest + 34) as u32;
+    let size = (100 + y_label_area + 34 * experts as u32, (110 + 30 * rows.len()) as u32);
     let root = SVGBackend::new(path, size).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
-    let title = format!("{variant}: tokens per expert (blue below the layer's mean, red above)");
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 15))
         .margin(10)
         .x_label_area_size(38)
-        .y_label_area_size(60)
-        .build_cartesian_2d(segments(experts), segments(rows))
+        .y_label_area_size(y_label_area)
+        .build_cartesian_2d(0.0..experts as f64, 0.0..rows.len() as f64)
         .map_err(|e| plot_error(path, e))?;
     chart
         .configure_mesh()
         .disable_mesh()
-        .x_labels(experts)
-        .y_labels(rows)
+        .x_labels(slot_labels(experts))
+        .y_labels(slot_labels(rows.len()))
         .x_desc("expert")
-        .y_desc("layer")
-        .x_label_formatter(&|v| label(v, |i| i))
-        .y_label_formatter(&|v| label(v, |i| layers.get(i).map_or(String::new(), |l| l.layer.to_string())))
+        .y_desc(row_axis)
+        .x_label_formatter(&|v| slot_label(*v, experts, |i| i))
+        .y_label_formatter(&|v| slot_label(*v, rows.len(), |i| rows[i].0.as_str()))
         .draw()
         .map_err(|e| plot_error(path, e))?;
-    let cells = layers.iter().enumerate().flat_map(|(row, l)| {
-        let total: usize = l.stats.load.iter().sum();
-        let mean = total as f64 / experts.max(1) as f64;
-        l.stats.load.iter().enumerate().map(move |(e, &count)| {
-            let ratio = if mean > 0.0 { count as f64 / mean } else { 0.0 };
-            (e, row, count, load_colour(ratio))
+    let cells: Vec<_> = rows
+        .iter()
+        .enumerate()
+        .flat_map(|(row, (_, load))| {
+            let total: usize = load.iter().sum();
+            let mean = total as f64 / experts as f64;
+            load.iter().enumerate().map(move |(e, &count)| {
+                let ratio = if mean > 0.0 { count as f64 / mean } else { 0.0 };
+                (e, row, count, load_colour(ratio))
+            })
         })
-    });
-    let cells: Vec<_> = cells.collect();
+        .collect();
     chart
         .draw_series(cells.iter().map(|&(e, row, _, colour)| {
             Rectangle::new(
-                [
-                    (SegmentValue::Exact(e), SegmentValue::Exact(row)),
-                    (SegmentValue::Exact(e + 1), SegmentValue::Exact(row + 1)),
-                ],
+                [(e as f64, row as f64), ((e + 1) as f64, (row + 1) as f64)],
                 colour.filled(),
             )
         }))
@@ -96,12 +104,40 @@ pub fn load_heatmap(path: &Path, variant: &str, layers: &[LayerLoad]) -> Result<
         .draw_series(cells.iter().map(|&(e, row, count, _)| {
             Text::new(
                 count.to_string(),
-                (SegmentValue::CenterOf(e), SegmentValue::CenterOf(row)),
-                ("sans-serif", 11).into_font().color(&BLACK),
+                (e as f64 + 0.5, row as f64 + 0.5),
+                ("sans-serif", 11)
+                    .into_font()
+                    .color(&BLACK)
+                    .pos(Pos::new(HPos::Center, VPos::Center)),
             )
         }))
         .map_err(|e| plot_error(path, e))?;
     root.present().map_err(|e| plot_error(path, e))
+}
+
+/// One variant's expert load: a row per MoE layer, the last layer on top.
+pub fn variant_heatmap(path: &Path, variant: &str, layers: &[LayerLoad]) -> Result<()> {
+    let rows: Vec<(String, &[usize])> = layers
+        .iter()
+        .rev()
+        .map(|l| (l.layer.to_string(), l.stats.load.as_slice()))
+        .collect();
+    let title = format!("{variant}: tokens per expert (blue below the layer's mean, red above)");
+    load_heatmap(path, &title, "layer", &rows)
+}
+
+/// One MoE layer's expert load in every variant: a row per variant, in run order from the top.
+/// Variants without a routing record for `layer` are left out.
+pub fn layer_heatmap(path: &Path, layer: usize, variants: &[(&str, &[LayerLoad])]) -> Result<()> {
+    let rows: Vec<(String, &[usize])> = variants
+        .iter()
+        .filter_map(|(name, layers)| {
+            let l = layers.iter().find(|l| l.layer == layer)?;
+            Some((name.to_string(), l.stats.load.as_slice()))
+        })
+        .collect();
+    let title = format!("layer {layer}: tokens per expert (blue below the variant's mean, red above)");
+    load_heatmap(path, &title, "variant", &rows)
 }
 
 /// A horizontal bar per variant of `metric`'s values, the first variant on top (variants
@@ -129,22 +165,19 @@ pub fn metric_bars(path: &Path, metric: &str, rows: &[(String, Option<f64>)]) ->
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size((8 * longest + 16) as u32)
-        .build_cartesian_2d(x_range, segments(rows.len()))
+        .build_cartesian_2d(x_range, 0.0..rows.len() as f64)
         .map_err(|e| plot_error(path, e))?;
     chart
         .configure_mesh()
         .disable_y_mesh()
         .light_line_style(WHITE)
-        .y_labels(rows.len())
-        .y_label_formatter(&|v| label(v, |i| rows.get(i).map_or("", |r| r.0)))
+        .y_labels(slot_labels(rows.len()))
+        .y_label_formatter(&|v| slot_label(*v, rows.len(), |i| rows[i].0))
         .draw()
         .map_err(|e| plot_error(path, e))?;
     chart
         .draw_series(rows.iter().enumerate().map(|(i, &(_, v))| {
-            let mut bar = Rectangle::new(
-                [(0.0, SegmentValue::Exact(i)), (v, SegmentValue::Exact(i + 1))],
-                RGBColor(66, 133, 180).filled(),
-            );
+            let mut bar = Rectangle::new([(0.0, i as f64), (v, (i + 1) as f64)], RGBColor(66, 133, 180).filled());
             bar.set_margin(4, 4, 0, 0);
             bar
         }))
@@ -153,7 +186,7 @@ pub fn metric_bars(path: &Path, metric: &str, rows: &[(String, Option<f64>)]) ->
         .draw_series(rows.iter().enumerate().map(|(i, &(_, v))| {
             Text::new(
                 format!(" {}", short(v)),
-                (v.max(0.0), SegmentValue::CenterOf(i)),
+                (v.max(0.0), i as f64 + 0.5),
                 ("sans-serif", 11).into_font().color(&BLACK),
             )
         }))
@@ -186,11 +219,23 @@ pub const BAR_METRICS: &[(&str, Reader)] = &[
     ("peak_rss_mib", |m| m.peak_rss_mib),
 ];
 
-/// Every plot of a run into `dir`: `expert_load-<variant>.svg` and `<metric>.svg`.
+/// Every plot of a run into `dir`: `expert_load-<variant>.svg` (layers × experts),
+/// `expert_load-layer<L>.svg` (variants × experts) and `<metric>.svg` (bars).
 pub fn write_all(dir: &Path, rows: &[(String, String, VariantMetrics)]) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| anyhow!("{}: cannot create: {e}", dir.display()))?;
     for (name, _, metrics) in rows {
-        load_heatmap(&dir.join(format!("expert_load-{name}.svg")), name, &metrics.layers)?;
+        variant_heatmap(&dir.join(format!("expert_load-{name}.svg")), name, &metrics.layers)?;
+    }
+    let variants: Vec<(&str, &[LayerLoad])> = rows
+        .iter()
+        .map(|(name, _, m)| (name.as_str(), m.layers.as_slice()))
+        .collect();
+    let layers: std::collections::BTreeSet<usize> = rows
+        .iter()
+        .flat_map(|(_, _, m)| m.layers.iter().map(|l| l.layer))
+        .collect();
+    for layer in layers {
+        layer_heatmap(&dir.join(format!("expert_load-layer{layer}.svg")), layer, &variants)?;
     }
     for (metric, value) in BAR_METRICS {
         let values: Vec<(String, Option<f64>)> = rows.iter().map(|(n, _, m)| (n.clone(), value(m))).collect();
@@ -226,9 +271,16 @@ mod tests {
             },
         }];
         let heatmap = dir.path().join("h.svg");
-        load_heatmap(&heatmap, "softmax-top2", &layers).unwrap();
+        variant_heatmap(&heatmap, "softmax-top2", &layers).unwrap();
         let text = std::fs::read_to_string(&heatmap).unwrap();
         assert!(text.starts_with("<svg") && text.contains("softmax-top2") && text.contains("expert"));
+        let per_layer = dir.path().join("l.svg");
+        layer_heatmap(&per_layer, 3, &[("base", &layers[..]), ("other", &[])]).unwrap();
+        let text = std::fs::read_to_string(&per_layer).unwrap();
+        assert!(
+            text.contains("layer 3") && text.contains("\nbase\n") && !text.contains("\nother\n"),
+            "{text}"
+        );
         let bars = dir.path().join("b.svg");
         metric_bars(
             &bars,

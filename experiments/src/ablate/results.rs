@@ -21,6 +21,8 @@ use super::resolve::ResolvedSettings;
 pub struct Staging {
     target: PathBuf,
     staging: PathBuf,
+    /// The outermost parent folder this run created, removed again if the run fails.
+    created_parent: Option<PathBuf>,
     force: bool,
     committed: bool,
 }
@@ -47,18 +49,26 @@ impl Staging {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
+        let created_parent = parent
+            .ancestors()
+            .take_while(|p| !p.as_os_str().is_empty() && !p.exists())
+            .last();
+        let created_parent = created_parent.map(Path::to_path_buf);
         fs::create_dir_all(parent).with_context(|| format!("{}: cannot create the folder", parent.display()))?;
         let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
-        if staging.exists() {
-            fs::remove_dir_all(&staging).with_context(|| format!("{}: cannot remove", staging.display()))?;
-        }
-        fs::create_dir(&staging).with_context(|| format!("{}: cannot create the folder", staging.display()))?;
-        Ok(Staging {
+        let this = Staging {
             target: target.to_path_buf(),
             staging,
+            created_parent,
             force,
             committed: false,
-        })
+        };
+        if this.staging.exists() {
+            fs::remove_dir_all(&this.staging).with_context(|| format!("{}: cannot remove", this.staging.display()))?;
+        }
+        fs::create_dir(&this.staging)
+            .with_context(|| format!("{}: cannot create the folder", this.staging.display()))?;
+        Ok(this)
     }
 
     /// Where to write now.
@@ -100,6 +110,14 @@ impl Drop for Staging {
     fn drop(&mut self) {
         if !self.committed {
             let _ = fs::remove_dir_all(&self.staging);
+            // Only folders this run made and left empty: `remove_dir` refuses any other.
+            if let Some(created) = &self.created_parent {
+                for folder in self.staging.ancestors().skip(1) {
+                    if fs::remove_dir(folder).is_err() || folder == created {
+                        break;
+                    }
+                }
+            }
         }
     }
 }
@@ -429,6 +447,21 @@ mod tests {
         assert!(target.join("new").exists() && !target.join("old").exists());
         let left = fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(left, 1);
+    }
+
+    #[test]
+    fn a_failed_run_removes_the_parent_folders_it_created_and_no_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::new(&dir.path().join("a/b/out"), false).unwrap();
+        assert!(dir.path().join("a/b").is_dir());
+        drop(staging);
+        assert!(!dir.path().join("a").exists());
+        assert!(dir.path().is_dir());
+
+        fs::create_dir(dir.path().join("kept")).unwrap();
+        let staging = Staging::new(&dir.path().join("kept/new/out"), false).unwrap();
+        drop(staging);
+        assert!(dir.path().join("kept").is_dir() && !dir.path().join("kept/new").exists());
     }
 
     #[test]

@@ -243,6 +243,7 @@ fn main() -> ExitCode {
             set_threads(threads).and_then(|()| {
                 ablate::ablate(&options).map(|report| {
                     print!("{}", report.table);
+                    println!("device: {}", report.device);
                     println!("results: {}", report.out.display());
                 })
             })
