@@ -1,38 +1,58 @@
-//! The KV cache, with HF's semantics for chunked layers.
+//! The KV cache: per layer, a paged pool of fixed-size blocks (`l4_kernels::paged_kv`) with a
+//! block table per sequence, and HF's semantics for chunked layers.
 //!
-//! Global layers keep every key. Chunked layers keep only the keys of the chunk that the next
-//! token will fall in: a query at offset r of its chunk needs exactly the r keys before it in
-//! the same chunk, so older chunks are dropped as soon as a step crosses into a new one.
+//! A step writes only its own keys and values into the pool (no copy of the cached ones).
+//! Global layers keep every key and grow by blocks. Chunked layers keep only the chunk that the
+//! step's first token falls in: a query at offset r of its chunk needs exactly the r keys
+//! before it in the same chunk, so the blocks of older chunks go back to the pool as soon as a
+//! step crosses into a new chunk.
+//!
+//! Block size: 64 tokens ([`DEFAULT_BLOCK_SIZE`], the prefill kernel's key tile; Scout's
+//! 8192-token chunk is 128 blocks) for global layers; for a chunked layer the largest power of
+//! two up to 64 that divides the chunk, so that a chunk is whole blocks and freeing the previous
+//! chunk frees all of it (a chunked layer then holds at most `chunk` tokens of blocks).
 
 use l4_core::{Result, Tensor};
-use l4_kernels::ops;
+use l4_kernels::paged_kv::{DEFAULT_BLOCK_SIZE, PagedKv};
 
 use crate::spec::Span;
 
+/// The block size a layer with this span uses (see the module docs).
+pub fn block_size_for(span: Span) -> usize {
+    match span {
+        Span::Global => DEFAULT_BLOCK_SIZE,
+        Span::Chunked(chunk) => 1 << chunk.trailing_zeros().min(DEFAULT_BLOCK_SIZE.trailing_zeros()),
+    }
+}
+
 /// One layer's cached keys and values.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct LayerCache {
     span: Span,
-    keys: Option<Tensor>,   // [b, hk, s, dh]
-    values: Option<Tensor>, // [b, hk, s, dh]
-    /// Absolute position of the first cached key.
-    start: usize,
+    block_size: usize,
+    /// Made on the first append, when batch, heads, width, dtype and device are known.
+    paged: Option<PagedKv>,
 }
 
 impl LayerCache {
     /// An empty cache for a layer with this span.
     pub fn new(span: Span) -> Self {
+        Self::with_block_size(span, block_size_for(span))
+    }
+
+    /// An empty cache with `block_size` slots per block (a power of two).
+    pub fn with_block_size(span: Span, block_size: usize) -> Self {
         LayerCache {
             span,
-            keys: None,
-            values: None,
-            start: 0,
+            block_size,
+            paged: None,
         }
     }
 
-    /// Number of keys held.
+    /// Keys held per sequence (the live chunk and, when the chunk is not whole blocks, the
+    /// tail of the previous chunk sharing its first block).
     pub fn len(&self) -> usize {
-        self.keys.as_ref().map_or(0, |k| k.shape()[2])
+        self.paged.as_ref().map_or(0, PagedKv::len)
     }
 
     /// Whether nothing is cached.
@@ -40,29 +60,70 @@ impl LayerCache {
         self.len() == 0
     }
 
-    /// Appends this step's `k, v [b, hk, t, dh]` at absolute positions `pos..pos+t` and
-    /// returns all keys and values this step may attend to, with the position of the first.
-    /// Afterwards, chunked layers drop the keys no later query can see.
-    pub fn append(&mut self, k: &Tensor, v: &Tensor, pos: usize) -> Result<(Tensor, Tensor, usize)> {
-        let (keys, values, start) = match (&self.keys, &self.values) {
-            (Some(ck), Some(cv)) => (ops::cat(&[ck, k], 2)?, ops::cat(&[cv, v], 2)?, self.start),
-            _ => (k.clone(), v.clone(), pos),
+    /// The paged pool (after the first append).
+    pub fn paged(&self) -> Option<&PagedKv> {
+        self.paged.as_ref()
+    }
+
+    /// Bytes of keys and values in the blocks held.
+    pub fn bytes_held(&self) -> usize {
+        self.paged.as_ref().map_or(0, PagedKv::bytes_held)
+    }
+
+    /// The first position a query at `pos` or later can see: its chunk's start, or 0.
+    fn first_needed(&self, pos: usize) -> usize {
+        match self.span {
+            Span::Global => 0,
+            Span::Chunked(chunk) => pos / chunk * chunk,
+        }
+    }
+
+    /// Appends this step's `k, v [b, hk, t, dh]` at absolute positions `pos..pos+t`, after
+    /// handing back the blocks no query of this step can see.
+    pub fn append(&mut self, k: &Tensor, v: &Tensor, pos: usize) -> Result<()> {
+        let first = self.first_needed(pos);
+        let paged = match &mut self.paged {
+            Some(paged) => paged,
+            slot => {
+                let [b, hk, _, dh] = k.shape()[..] else {
+                    return Err(l4_core::Error::BadShape {
+                        op: "kv_cache",
+                        shape: k.shape().to_vec(),
+                        msg: "keys must be [batch, kv heads, tokens, head dim]".into(),
+                    });
+                };
+                slot.insert(PagedKv::new(b, hk, dh, self.block_size, k.dtype(), k.device())?)
+            }
         };
-        let next = pos + k.shape()[2];
-        let keep_from = match self.span {
-            Span::Global => start,
-            Span::Chunked(chunk) => (next / chunk * chunk).max(start),
-        };
-        let kept = next - keep_from;
-        self.keys = Some(ops::contiguous(&keys.narrow(2, keep_from - start, kept)?)?);
-        self.values = Some(ops::contiguous(&values.narrow(2, keep_from - start, kept)?)?);
-        self.start = keep_from;
-        Ok((keys, values, start))
+        paged.release_before(first)?;
+        paged.append(k, v, pos)
+    }
+
+    /// After a step ending before position `next`: hands back the blocks no later query can
+    /// see (chunked layers), so the cache holds only the live chunk between steps.
+    pub fn finish_step(&mut self, next: usize) -> Result<()> {
+        let first = self.first_needed(next);
+        match &mut self.paged {
+            Some(paged) => paged.release_before(first),
+            None => Ok(()),
+        }
+    }
+
+    /// Every held key and value `[b, hk, s, dh]`, contiguous, with the position of the first
+    /// (for the generic attention path).
+    pub fn keys_and_values(&self) -> Result<Option<(Tensor, Tensor, usize)>> {
+        match &self.paged {
+            Some(paged) if !paged.is_empty() => {
+                let (k, v) = paged.gather()?;
+                Ok(Some((k, v, paged.base())))
+            }
+            _ => Ok(None),
+        }
     }
 }
 
 /// The cache of every layer, plus the number of positions already processed.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct KvCache {
     layers: Vec<LayerCache>,
     position: usize,
@@ -87,6 +148,11 @@ impl KvCache {
         &mut self.layers[i]
     }
 
+    /// Layer `i`'s cache.
+    pub fn layer(&self, i: usize) -> &LayerCache {
+        &self.layers[i]
+    }
+
     /// Records that `t` more tokens were processed.
     pub fn advance(&mut self, t: usize) {
         self.position += t;
@@ -95,6 +161,11 @@ impl KvCache {
     /// Keys held per layer (for memory reports and tests).
     pub fn lengths(&self) -> Vec<usize> {
         self.layers.iter().map(LayerCache::len).collect()
+    }
+
+    /// Bytes of keys and values held per layer, in whole blocks.
+    pub fn bytes_per_layer(&self) -> Vec<usize> {
+        self.layers.iter().map(LayerCache::bytes_held).collect()
     }
 }
 
@@ -105,7 +176,9 @@ mod tests {
 
     fn step(cache: &mut LayerCache, pos: usize, t: usize) -> (usize, usize) {
         let k = Tensor::zeros(&[1, 1, t, 2], DType::F32, Device::Cpu).unwrap();
-        let (keys, _, start) = cache.append(&k, &k, pos).unwrap();
+        cache.append(&k, &k, pos).unwrap();
+        let (keys, _, start) = cache.keys_and_values().unwrap().unwrap();
+        cache.finish_step(pos + t).unwrap();
         (keys.shape()[2], start)
     }
 
@@ -125,5 +198,36 @@ mod tests {
         let mut cache = LayerCache::new(Span::Global);
         step(&mut cache, 0, 5);
         assert_eq!(step(&mut cache, 5, 1), (6, 0));
+    }
+
+    #[test]
+    fn chunks_are_whole_blocks() {
+        assert_eq!(block_size_for(Span::Global), 64);
+        assert_eq!(block_size_for(Span::Chunked(8192)), 64);
+        assert_eq!(block_size_for(Span::Chunked(8)), 8);
+        assert_eq!(block_size_for(Span::Chunked(24)), 8);
+        assert_eq!(block_size_for(Span::Chunked(7)), 1);
+    }
+
+    /// Over a long decode a chunked layer never holds more than a chunk of blocks, and the pool
+    /// stops growing once it covers one chunk: freed blocks are reused.
+    #[test]
+    fn chunked_layers_hold_at_most_a_chunk_of_blocks() {
+        let (chunk, block) = (32, 8);
+        let mut cache = LayerCache::with_block_size(Span::Chunked(chunk), block);
+        step(&mut cache, 0, 45);
+        let mut pos = 45;
+        let mut capacity = 0;
+        while pos < 300 {
+            step(&mut cache, pos, 1);
+            pos += 1;
+            let paged = cache.paged().unwrap();
+            assert!(paged.blocks_per_sequence() * block <= chunk, "position {pos}");
+            assert_eq!(cache.len(), pos - pos / chunk * chunk, "position {pos}");
+            if pos > 100 {
+                assert_eq!(paged.capacity_blocks(), capacity, "the pool grew at {pos}");
+            }
+            capacity = paged.capacity_blocks();
+        }
     }
 }

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use l4_core::{DType, Device, Error, Result, Tensor};
-use l4_kernels::attention_decode::{DecodeShape, decode_attention, fits_kernel};
-use l4_kernels::attention_prefill::{PrefillShape, fits_kernel as prefill_fits, prefill_attention};
+use l4_kernels::attention_decode::{PagedDecodeShape, fits_kernel, paged_decode_attention};
+use l4_kernels::attention_prefill::{PagedPrefillShape, fits_kernel as prefill_fits, paged_prefill_attention};
 use l4_kernels::ops;
 
 use super::linear::Linear;
@@ -144,7 +144,6 @@ pub fn attention_forward(
         num_kv_heads: hk,
         head_dim: dh,
     } = shape;
-    let g = h / hk;
     let mut q = weights.q.forward(x)?.reshape(&[b, t, h, dh])?;
     let mut k = weights.k.forward(x)?.reshape(&[b, t, hk, dh])?;
     let v = weights.v.forward(x)?.reshape(&[b, t, hk, dh])?;
@@ -163,49 +162,78 @@ pub fn attention_forward(
         q = ops::mul(&q, &Tensor::from_f32_vec(scales, &[1, t, 1, 1], q.dtype(), q.device())?)?;
     }
 
-    // Keys and values join the cache after RoPE and QK-norm; v is cached raw.
+    // Keys and values join the cache after RoPE and QK-norm; v is cached raw. Only this step's
+    // tokens are written; the attention below reads the cache's blocks in place on a GPU.
     let k = ops::contiguous(&k.permute(&[0, 2, 1, 3])?)?; // [b, hk, t, dh]
     let v = ops::contiguous(&v.permute(&[0, 2, 1, 3])?)?; // [b, hk, t, dh]
-    let (keys, values, cache_start) = cache.append(&k, &v, start)?; // [b, hk, s, dh], first at cache_start
+    cache.append(&k, &v, start)?;
+    let attended = attend(layer, shape, &q, x.device().is_cuda(), start, cache, masks);
+    cache.finish_step(start + t)?;
+    weights.o.forward(&attended?)
+}
 
+/// Attention of this step's queries `q [b, t, h, dh]` (after RoPE, QK-norm and temperature)
+/// at positions `start..start+t` over the cache, which already holds this step's keys
+/// → `[b, t, h·dh]`.
+fn attend(
+    layer: &LayerSpec,
+    shape: AttentionShape,
+    q: &Tensor,
+    on_gpu: bool,
+    start: usize,
+    cache: &LayerCache,
+    masks: &mut StepMasks,
+) -> Result<Tensor> {
+    let AttentionShape {
+        num_heads: h,
+        num_kv_heads: hk,
+        head_dim: dh,
+    } = shape;
+    let (b, t, g) = (q.shape()[0], q.shape()[1], h / hk);
+    let chunk = match layer.span {
+        Span::Chunked(c) => Some(c),
+        Span::Global => None,
+    };
     // Group query heads by their kv head: head i uses kv head i / g.
     let q = ops::contiguous(&q.permute(&[0, 2, 1, 3])?)?.reshape(&[b, hk, g, t, dh])?;
     let scale = (dh as f64).powf(-0.5);
-    // Whole steps on a GPU in bf16/f16: one tensor-core kernel over every chunk, no scores in
-    // memory (decode-sized steps take the split-KV kernel below instead).
+    let by_kv_head = q.reshape(&[b, hk, g * t, dh])?; // rows head-major: row r is token r % t
     let heads_by_token = q.reshape(&[b, h, t, dh])?;
-    if x.device().is_cuda() && prefill_fits(&heads_by_token) && !fits_kernel(&q.reshape(&[b, hk, g * t, dh])?) {
-        let shape = PrefillShape {
-            q_start: start,
-            k_start: cache_start,
-            chunk: match layer.span {
-                Span::Chunked(c) => Some(c),
-                Span::Global => None,
-            },
-            scale,
-        };
-        let attended = prefill_attention(&heads_by_token, &keys, &values, shape)?; // [b, h, t, dh]
-        let attended = ops::contiguous(&attended.permute(&[0, 2, 1, 3])?)?.reshape(&[b, t, h * dh])?;
-        return weights.o.forward(&attended);
+    if let (true, Some(paged)) = (on_gpu, cache.paged()) {
+        // Decode-sized steps: one split-KV launch over the cache's blocks, every chunk window
+        // applied per row.
+        if fits_kernel(&by_kv_head) {
+            let shape = PagedDecodeShape {
+                tq: t,
+                q_start: start,
+                chunk,
+                scale,
+            };
+            let attended = paged_decode_attention(&by_kv_head, paged, shape)?; // [b, hk, g·t, dh]
+            let attended = attended.reshape(&[b, h, t, dh])?;
+            return ops::contiguous(&attended.permute(&[0, 2, 1, 3])?)?.reshape(&[b, t, h * dh]);
+        }
+        // Whole steps in bf16/f16: one tensor-core kernel over every chunk, no scores in memory.
+        if prefill_fits(&heads_by_token) {
+            let shape = PagedPrefillShape {
+                q_start: start,
+                chunk,
+                scale,
+            };
+            let attended = paged_prefill_attention(&heads_by_token, paged, shape)?; // [b, h, t, dh]
+            return ops::contiguous(&attended.permute(&[0, 2, 1, 3])?)?.reshape(&[b, t, h * dh]);
+        }
     }
+    // Elsewhere: the cached keys gathered out of their blocks, scores per query block.
+    let Some((keys, values, cache_start)) = cache.keys_and_values()? else {
+        return Err(Error::invalid("attention", "the cache holds no keys after the append"));
+    };
     let mut outputs = Vec::new();
     for (queries, key_range) in query_blocks(layer.span, start, t, cache_start) {
         let tq = queries.len();
         let q_block = ops::contiguous(&q.narrow(3, queries.start, tq)?)?.reshape(&[b, hk, g * tq, dh])?;
         let k_block = keys.narrow(2, key_range.start - cache_start, key_range.len())?;
         let v_block = values.narrow(2, key_range.start - cache_start, key_range.len())?;
-        // Decode-sized blocks on a GPU: one split-KV kernel instead of scores in memory.
-        if x.device().is_cuda() && fits_kernel(&q_block) {
-            let shape = DecodeShape {
-                tq,
-                q_start: start + queries.start,
-                k_start: key_range.start,
-                scale,
-            };
-            let attended = decode_attention(&q_block, &k_block, &v_block, shape)?; // [b, hk, g·tq, dh]
-            outputs.push(attended.reshape(&[b, hk, g, tq, dh])?);
-            continue;
-        }
         let mask = masks.get(g, queries.clone(), start, key_range)?;
         let scores = ops::matmul(&q_block, &k_block.transpose(2, 3)?)?; // [b, hk, g·tq, nk]
         let probs = ops::softmax_last(&ops::add(&ops::scale(&scores, scale)?, mask)?)?;
@@ -216,8 +244,7 @@ pub fn attention_forward(
         several => ops::cat(&several.iter().collect::<Vec<_>>(), 3)?,
     }
     .reshape(&[b, h, t, dh])?; // from [b, hk, g, t, dh]
-    let attended = ops::contiguous(&attended.permute(&[0, 2, 1, 3])?)?.reshape(&[b, t, h * dh])?;
-    weights.o.forward(&attended)
+    ops::contiguous(&attended.permute(&[0, 2, 1, 3])?)?.reshape(&[b, t, h * dh])
 }
 
 #[cfg(test)]
