@@ -640,3 +640,17 @@ fn perplexity_is_reported_for_real_text_on_a_checkpoint_only() {
     let m = read_metrics(&dir.path().join("preset"));
     assert!(!m.keys().any(|(_, name, _)| name == "perplexity"));
 }
+
+#[test]
+fn an_unusable_device_is_an_error_naming_where_it_was_asked_for() {
+    if Device::Cuda(0).ensure_usable().is_ok() {
+        return; // On a GPU machine both runs below would be valid.
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir, "study.toml", "[base]\ndevice = \"cuda\"\n");
+    let (argv, output) = ablate(&file, &dir.path().join("out"), TINY_EVAL, &[]);
+    assert_one_line_error(&argv, &output, &["study.toml", "[base]", "field `device`", "CUDA"]);
+    let (argv, output) = ablate(&file, &dir.path().join("out"), TINY_EVAL, &["--device", "cuda:0"]);
+    assert_one_line_error(&argv, &output, &["--device cuda:0", "CUDA"]);
+    assert_eq!(entries(dir.path()), ["study.toml"]);
+}

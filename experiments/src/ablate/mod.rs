@@ -69,8 +69,11 @@ pub fn ablate(options: &AblateOptions) -> Result<Report> {
     let ablation = resolve::resolve(&options.file, &parsed, options.model.as_deref(), options.device)?;
     resolve::check_inputs(&ablation)?;
     let out = options.out.clone().unwrap_or_else(|| default_out(&ablation.name));
+    let device = ablation.device.ensure_usable().map_err(|e| match options.device {
+        Some(d) => anyhow!("--device {d}: {e}"),
+        None => config::field_error(&ablation.file, &config::Place::Base, "device", e),
+    })?;
     let staging = Staging::new(&out, options.force)?;
-    let device = ablation.device.ensure_usable()?;
     let (spec, _) = loader::resolve(&ablation.model)?;
     let prompts = eval::prompts(&ablation.file, &ablation.eval, spec.vocab_size)?;
     let with_perplexity = prompts.from_file && Path::new(&ablation.model).is_dir();
