@@ -30,6 +30,7 @@ pub mod norm;
 pub mod nvrtc;
 pub mod ops;
 pub mod paged_kv;
+pub mod qk_prologue;
 pub mod quant;
 pub mod random;
 pub mod rope;
@@ -213,6 +214,11 @@ pub const ATTENTION_PREFILL: KernelSource = kernel_source!(
 pub const PAGED_KV: KernelSource =
     kernel_source!("paged_kv", "paged_kv/paged_kv.cu", DEFAULT_ARCHS, TensorCoreClass::None);
 
+/// Llama 4's attention prologue in one pass: RoPE, the weightless QK-norm and the query
+/// temperature, written head-major (see `qk_prologue/qk_prologue.cu`).
+pub const QK_PROLOGUE: KernelSource =
+    kernel_source!("qk_prologue", "qk_prologue/qk_prologue.cu", DEFAULT_ARCHS, TensorCoreClass::None);
+
 /// Every kernel source, in the order `check-kernels` reports them.
 pub const KERNELS: &[KernelSource] = &[
     VECTOR_ADD,
@@ -231,6 +237,7 @@ pub const KERNELS: &[KernelSource] = &[
     ATTENTION_DECODE,
     ATTENTION_PREFILL,
     PAGED_KV,
+    QK_PROLOGUE,
 ];
 
 /// The registered kernel called `name`.

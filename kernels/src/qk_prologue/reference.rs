@@ -1,0 +1,49 @@
+//! The CPU reference for `qk_prologue`, which is also its CPU backend: per head vector, the
+//! rotation with `rope`'s angles (θ rounded to f32, cos/sin in f64 rounded to f32), the norm and
+//! the temperature in f32, rounded once; written head-major.
+
+use l4_core::{CpuStorage, Result, Tensor};
+
+use super::Prologue;
+use crate::rope::reference::cos_sin;
+
+/// One of q or k `[B, T, N, DH]` → `[B, N, T, DH]`; `temperature` only for q.
+fn one(x: &Tensor, prologue: Prologue<'_>, with_temperature: bool) -> Result<Tensor> {
+    let (b, t, n, dh) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+    let values = x.to_f32_vec()?; // [b, t, n, dh]
+    let mut out = vec![0f32; values.len()];
+    for bi in 0..b {
+        for ti in 0..t {
+            let position = prologue.start + ti;
+            for hi in 0..n {
+                let mut head = values[((bi * t + ti) * n + hi) * dh..][..dh].to_vec();
+                if let Some(inv_freq) = prologue.inv_freq {
+                    for (j, &f) in inv_freq.iter().enumerate() {
+                        let (cos, sin) = cos_sin(position, f);
+                        let (re, im) = (head[2 * j], head[2 * j + 1]);
+                        head[2 * j] = re * cos - im * sin;
+                        head[2 * j + 1] = re * sin + im * cos;
+                    }
+                }
+                let mut factor = 1.0f32;
+                if let Some(eps) = prologue.qk_norm_eps {
+                    let mean = head.iter().map(|v| v * v).sum::<f32>() / dh as f32;
+                    factor = 1.0 / (mean + eps as f32).sqrt();
+                }
+                if let (true, Some(temperature)) = (with_temperature, prologue.temperature) {
+                    factor *= temperature.factor(position) as f32;
+                }
+                let dst = &mut out[((bi * n + hi) * t + ti) * dh..][..dh];
+                for (o, v) in dst.iter_mut().zip(&head) {
+                    *o = v * factor;
+                }
+            }
+        }
+    }
+    Tensor::from_cpu_storage(CpuStorage::from_f32_vec(x.dtype(), out), &[b, n, t, dh])
+}
+
+/// See [`super::qk_prologue`]; the operands are checked.
+pub fn qk_prologue(q: &Tensor, k: &Tensor, prologue: Prologue<'_>) -> Result<(Tensor, Tensor)> {
+    Ok((one(q, prologue, true)?, one(k, prologue, false)?))
+}
