@@ -242,6 +242,8 @@ pub fn peak_memory_mib() -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use l4_core::testing::{Tolerance, gamma};
+    use proptest::strategy::{Just, Strategy};
 
     #[test]
     fn identical_logits_agree_fully() {
@@ -299,6 +301,43 @@ mod tests {
         assert_eq!((o.max_over_mean, o.dropped, o.unrouted_tokens), (1.5, 1, 1));
         assert!((o.entropy - 2f64.ln() / 2.0).abs() < 1e-15);
         assert_eq!(overall(&[]), None);
+    }
+
+    /// Rows of logits in quarter steps within ±8, so that a quarter-step shift is exact in f32
+    /// and in f64.
+    fn quarter_steps(n: usize) -> impl Strategy<Value = Vec<f32>> {
+        proptest::collection::vec((-32i32..=32).prop_map(|q| q as f32 / 4.0), n)
+    }
+
+    proptest::proptest! {
+        /// KL is a divergence: never negative, zero against itself; top-1 agreement is a
+        /// fraction, one against itself; and both see logits only through their softmax, so
+        /// shifting the variant's logits by a constant changes neither.
+        #[test]
+        fn agreement_is_a_divergence_and_a_fraction(
+            (vocab, base, variant, shift) in (2usize..12, 1usize..6).prop_flat_map(|(vocab, positions)| {
+                (Just(vocab), quarter_steps(vocab * positions), quarter_steps(vocab * positions), -16i32..=16)
+            })
+        ) {
+            let a = agreement(&base, &variant, vocab);
+            proptest::prop_assert!(a.kl_mean >= 0.0 && a.kl_max >= a.kl_mean);
+            proptest::prop_assert!((0.0..=1.0).contains(&a.top1));
+            let same = agreement(&base, &base, vocab);
+            proptest::prop_assert_eq!((same.kl_mean, same.kl_max, same.top1), (0.0, 0.0, 1.0));
+
+            let shifted: Vec<f32> = variant.iter().map(|x| x + shift as f32 / 4.0).collect();
+            let b = agreement(&base, &shifted, vocab);
+            proptest::prop_assert_eq!(b.top1, a.top1);
+            // The shift is exact up to the log-sum-exp: `max + ln Σ` (|·| < 15) and `x − it`
+            // (|·| < 30) are each rounded once in f64, so every log-probability of the variant
+            // moves by at most (2·15 + 30)·u; the p-weighted sum of those moves is bounded by
+            // the largest, and the two KL sums of ≤ vocab terms (Σ|terms| < 32) add
+            // 2·γ_vocab(u)·32. Their means over positions are divided once more: rtol 2u.
+            let u = f64::EPSILON / 2.0;
+            let tol = Tolerance::new(60.0 * u + 2.0 * gamma(vocab, u) * 32.0, 2.0 * u);
+            proptest::prop_assert!(tol.allows(b.kl_mean, a.kl_mean), "{a:?} vs {b:?} under {tol}");
+            proptest::prop_assert!(tol.allows(b.kl_max, a.kl_max), "{a:?} vs {b:?} under {tol}");
+        }
     }
 
     #[test]
