@@ -20,11 +20,16 @@
 //! order: runs are bitwise reproducible. Tolerance: docs/numerics.md, "Grouped expert GEMM".
 
 pub mod cuda;
+pub mod fp8;
+#[cfg(test)]
+mod fp8_tests;
 pub mod reference;
 #[cfg(test)]
 mod tests;
 
 use l4_core::{DType, Device, Error, Result, Tensor};
+
+pub use fp8::{Fp8Experts, fp8_down_combine, fp8_gate_up_swiglu, fp8_moe_experts};
 
 use crate::moe_routing::RoutedTokens;
 
@@ -139,6 +144,14 @@ fn check_float(x: &Tensor) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// The expert inputs `[S, d]` in sorted-row order (see [`reference::gather_inputs`]).
+fn gather_inputs(x: &Tensor, routed: &RoutedTokens, weight_on: WeightOn, k: usize) -> Result<Tensor> {
+    match x.device() {
+        Device::Cpu => reference::gather_inputs(x, routed, weight_on, k),
+        Device::Cuda(_) => cuda::gather_inputs(x, routed, weight_on, k),
+    }
 }
 
 /// `h [S, f]` (sorted-row order) from `x [t, d]` and `gate_up [e, d, 2f]`; see the module docs.

@@ -30,7 +30,8 @@
 //
 // Variants (extern "C"): me_gather_{f32,bf16,f16}, me_gate_up_{bf16,f16}_{wide,decode},
 // me_down_{bf16,f16}_{wide,decode}, me_gate_up_scalar_{f32,bf16,f16},
-// me_down_scalar_{f32,bf16,f16}, me_combine_{f32,bf16,f16}.
+// me_down_scalar_{f32,bf16,f16}, me_combine_{f32,bf16,f16}, and for FP8 (e4m3) experts with
+// row-wise scales on CUDA cores (see the section at the end) me_fp8_{gate_up,down}_{f32,bf16,f16}_v{16,1}.
 //
 // Check: cargo xtask check-kernels                 (sm_90a CUBIN, spills are errors, SASS class: HMMA)
 // Test:  cargo test -p l4-kernels moe_experts      (CPU always; GPU when present)
@@ -434,3 +435,135 @@ L4_DEVICE void me_combine(const float* __restrict__ slot_out, const typename MeE
 ME_COMBINE(me_combine_f32, 0)
 ME_COMBINE(me_combine_bf16, 1)
 ME_COMBINE(me_combine_f16, 2)
+
+// ---- FP8 (e4m3, row-wise scales) experts on CUDA cores ----
+//
+// Weights [e, n_out, K] (nn.Linear layout, K contiguous) with one f32 scale per output channel
+// [e, n_out]; activations [S, K] e4m3 with one f32 scale per row (per token, quantized by
+// quant.cu). A CTA of ME_FP8_WARPS warps takes one (expert, ≤ 16-row) tile and ME_FP8_WARPS
+// output columns, one per warp: the warp streams the column's weight row(s) once (16 bytes per
+// lane per step when K % 16 == 0) and serves all the tile's rows from it, so a decode step reads
+// each chosen expert's weights about once. Products of e4m3 values are exact in f32; each lane
+// accumulates its k-subset in order, then a fixed butterfly sums the lanes (deterministic).
+
+#define ME_FP8_ROWS 16
+#define ME_FP8_WARPS 8
+
+// VEC e4m3 values at p (16-byte aligned when VEC == 16) as f32.
+template <int VEC>
+L4_DEVICE void me_fp8_load(const l4_fp8* __restrict__ p, float (&v)[VEC]) {
+    if (VEC == 16) {
+        const uint4 q = *(const uint4*)p;
+        const u32 words[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                u32 pair;
+                asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(pair) : "h"((unsigned short)(words[i] >> (16 * half))));
+                v[i * 4 + half * 2] = l4_f16_to_f32((l4_f16)(pair & 0xffff));
+                v[i * 4 + half * 2 + 1] = l4_f16_to_f32((l4_f16)(pair >> 16));
+            }
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) v[i] = l4_e4m3_to_f32(p[i]);
+    }
+}
+
+// acc[r] += Σ_k xq[row0 + r][k] · w[k] over this lane's k-subset, for a weight row w of K codes.
+template <int VEC, int PAIRS>
+L4_DEVICE void me_fp8_dot_rows(const l4_fp8* __restrict__ xq, int row0, int rows, int K, const l4_fp8* __restrict__ w0,
+                               const l4_fp8* __restrict__ w1, float (&acc0)[ME_FP8_ROWS],
+                               float (&acc1)[ME_FP8_ROWS]) {
+    const int lane = threadIdx.x & 31;
+    for (int k0 = lane * VEC; k0 < K; k0 += 32 * VEC) {
+        float a[VEC], b[VEC];
+        me_fp8_load<VEC>(w0 + k0, a);
+        if (PAIRS == 2) me_fp8_load<VEC>(w1 + k0, b);
+#pragma unroll
+        for (int r = 0; r < ME_FP8_ROWS; ++r) {
+            if (r >= rows) break;
+            float xv[VEC];
+            me_fp8_load<VEC>(xq + (i64)(row0 + r) * K + k0, xv);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                acc0[r] = fmaf(xv[i], a[i], acc0[r]);
+                if (PAIRS == 2) acc1[r] = fmaf(xv[i], b[i], acc1[r]);
+            }
+        }
+    }
+}
+
+// h[r][c] = round(silu(g)·u), g = (xq·wq_gate)·s_x·s_gate, u likewise; w [e, 2f, d].
+template <int DT, int VEC>
+L4_DEVICE void me_fp8_gate_up(const l4_fp8* __restrict__ xq, const float* __restrict__ xscale,
+                              const l4_fp8* __restrict__ w, const float* __restrict__ wscale,
+                              const int* __restrict__ offset, int experts, int d, int f,
+                              typename MeElem<DT>::T* __restrict__ h) {
+    int expert, row0, row1;
+    if (!me_find_tile(offset, experts, ME_FP8_ROWS, blockIdx.y, expert, row0, row1)) return;
+    const int c = blockIdx.x * ME_FP8_WARPS + (threadIdx.x >> 5);
+    if (c >= f) return;
+    const int rows = row1 - row0;
+    const i64 gate_row = (i64)expert * 2 * f + c;
+    float g[ME_FP8_ROWS], u[ME_FP8_ROWS];
+#pragma unroll
+    for (int r = 0; r < ME_FP8_ROWS; ++r) g[r] = u[r] = 0.0f;
+    me_fp8_dot_rows<VEC, 2>(xq, row0, rows, d, w + gate_row * d, w + (gate_row + f) * d, g, u);
+    const float sg = wscale[gate_row], su = wscale[gate_row + f];
+#pragma unroll
+    for (int r = 0; r < ME_FP8_ROWS; ++r) {
+        if (r >= rows) break;
+        const float gs = l4_warp_sum(g[r]) * xscale[row0 + r] * sg;
+        const float us = l4_warp_sum(u[r]) * xscale[row0 + r] * su;
+        if ((threadIdx.x & 31) == 0) MeElem<DT>::store(h, (i64)(row0 + r) * f + c, me_silu(gs) * us);
+    }
+}
+
+// y = (hq·wq_down)·s_h·s_down, then the epilogue of the bf16 path; w [e, d, f].
+template <int DT, int VEC>
+L4_DEVICE void me_fp8_down(const l4_fp8* __restrict__ hq, const float* __restrict__ hscale,
+                           const l4_fp8* __restrict__ w, const float* __restrict__ wscale,
+                           const int* __restrict__ offset, int experts, int f, int d, const int* __restrict__ sorted,
+                           const float* __restrict__ out_weight, int k, const typename MeElem<DT>::T* __restrict__ shared,
+                           typename MeElem<DT>::T* __restrict__ out, float* __restrict__ slot_out) {
+    int expert, row0, row1;
+    if (!me_find_tile(offset, experts, ME_FP8_ROWS, blockIdx.y, expert, row0, row1)) return;
+    const int c = blockIdx.x * ME_FP8_WARPS + (threadIdx.x >> 5);
+    if (c >= d) return;
+    const int rows = row1 - row0;
+    const i64 wrow = (i64)expert * d + c;
+    float acc[ME_FP8_ROWS], unused[ME_FP8_ROWS];
+#pragma unroll
+    for (int r = 0; r < ME_FP8_ROWS; ++r) acc[r] = unused[r] = 0.0f;
+    me_fp8_dot_rows<VEC, 1>(hq, row0, rows, f, w + wrow * f, w + wrow * f, acc, unused);
+    const float sw = wscale[wrow];
+#pragma unroll
+    for (int r = 0; r < ME_FP8_ROWS; ++r) {
+        if (r >= rows) break;
+        const float y = l4_warp_sum(acc[r]) * hscale[row0 + r] * sw;
+        if ((threadIdx.x & 31) == 0)
+            me_down_store<DT>(y, sorted[row0 + r], k, c, d, out_weight, shared, out, slot_out);
+    }
+}
+
+#define ME_FP8(GU, DN, DT, VEC)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(ME_FP8_WARPS * 32)                                              \
+        GU(const l4_fp8* xq, const float* xscale, const l4_fp8* w, const float* wscale, const int* offset,       \
+           int experts, int d, int f, MeElem<DT>::T* h) {                                                        \
+        me_fp8_gate_up<DT, VEC>(xq, xscale, w, wscale, offset, experts, d, f, h);                                \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(ME_FP8_WARPS * 32)                                              \
+        DN(const l4_fp8* hq, const float* hscale, const l4_fp8* w, const float* wscale, const int* offset,       \
+           int experts, int f, int d, const int* sorted, const float* out_weight, int k,                         \
+           const MeElem<DT>::T* shared, MeElem<DT>::T* out, float* slot_out) {                                   \
+        me_fp8_down<DT, VEC>(hq, hscale, w, wscale, offset, experts, f, d, sorted, out_weight, k, shared, out,   \
+                             slot_out);                                                                          \
+    }
+ME_FP8(me_fp8_gate_up_f32_v16, me_fp8_down_f32_v16, 0, 16)
+ME_FP8(me_fp8_gate_up_bf16_v16, me_fp8_down_bf16_v16, 1, 16)
+ME_FP8(me_fp8_gate_up_f16_v16, me_fp8_down_f16_v16, 2, 16)
+ME_FP8(me_fp8_gate_up_f32_v1, me_fp8_down_f32_v1, 0, 1)
+ME_FP8(me_fp8_gate_up_bf16_v1, me_fp8_down_bf16_v1, 1, 1)
+ME_FP8(me_fp8_gate_up_f16_v1, me_fp8_down_f16_v1, 2, 1)

@@ -5,6 +5,7 @@
 
 use l4_core::{DType, Device, Result, Tensor};
 
+use super::fp8::Fp8Experts;
 use super::{ExpertShape, WeightOn};
 use crate::moe_routing::RoutedTokens;
 
@@ -39,20 +40,12 @@ fn swiglu(g: f64, u: f64) -> f64 {
     g / (1.0 + (-g).exp()) * u
 }
 
-/// See [`super::gate_up_swiglu`].
-pub fn gate_up_swiglu(
-    x: &Tensor,
-    routed: &RoutedTokens,
-    gate_up: &Tensor,
-    weight_on: WeightOn,
-    shape: ExpertShape,
-) -> Result<Tensor> {
-    let ExpertShape { d, f, k, .. } = shape;
-    let (sorted, offset, weight) = host_routing(routed, x.dtype())?;
-    let slots = sorted.len();
+/// The expert inputs `[S, d]` in sorted-row order, in `x`'s dtype: `round(x[token] · w)` for
+/// [`WeightOn::Input`] (formed in f32, as the CUDA gather forms them), else `x[token]`.
+pub fn gather_inputs(x: &Tensor, routed: &RoutedTokens, weight_on: WeightOn, k: usize) -> Result<Tensor> {
+    let d = x.shape()[1];
+    let (sorted, _, weight) = host_routing(routed, x.dtype())?;
     let xv = x.to_f32_vec()?; // [t, d]
-    let w = gate_up.to_f32_vec()?; // [e, d, 2f]
-    // The expert inputs, rounded into the dtype exactly as the CUDA gather rounds them.
     let inputs: Vec<f32> = sorted
         .iter()
         .flat_map(|&slot| {
@@ -64,7 +57,22 @@ pub fn gate_up_swiglu(
             })
         })
         .collect();
-    let a = Tensor::from_f32_vec(inputs, &[slots, d], x.dtype(), Device::Cpu)?.to_f32_vec()?; // [S, d]
+    Tensor::from_f32_vec(inputs, &[sorted.len(), d], x.dtype(), Device::Cpu)
+}
+
+/// See [`super::gate_up_swiglu`].
+pub fn gate_up_swiglu(
+    x: &Tensor,
+    routed: &RoutedTokens,
+    gate_up: &Tensor,
+    weight_on: WeightOn,
+    shape: ExpertShape,
+) -> Result<Tensor> {
+    let ExpertShape { d, f, k, .. } = shape;
+    let (sorted, offset, _) = host_routing(routed, x.dtype())?;
+    let slots = sorted.len();
+    let a = gather_inputs(x, routed, weight_on, k)?.to_f32_vec()?; // [S, d]
+    let w = gate_up.to_f32_vec()?; // [e, d, 2f]
     let experts = expert_of_rows(&offset, slots);
     let mut h = vec![0f32; slots * f];
     for (r, &e) in experts.iter().enumerate() {
@@ -91,7 +99,7 @@ pub fn down_combine(
     shared: Option<&Tensor>,
     shape: ExpertShape,
 ) -> Result<Tensor> {
-    let ExpertShape { t, d, f, k, .. } = shape;
+    let ExpertShape { d, f, .. } = shape;
     let (sorted, offset, weight) = host_routing(routed, h.dtype())?;
     let slots = sorted.len();
     let hv = h.to_f32_vec()?; // [S, f]
@@ -115,6 +123,12 @@ pub fn down_combine(
             y[slot * d + c] = acc * scale;
         }
     }
+    combine(&y, shared, shape, h.dtype())
+}
+
+/// `out[t] = round(shared[t] + Σ_j y[t·k + j])` in f64, in slot order; `y [S, d]` by slot.
+fn combine(y: &[f64], shared: Option<&Tensor>, shape: ExpertShape, dtype: DType) -> Result<Tensor> {
+    let ExpertShape { t, d, k, .. } = shape;
     let shared = shared.map(Tensor::to_f32_vec).transpose()?;
     let out: Vec<f32> = (0..t * d)
         .map(|i| {
@@ -123,5 +137,71 @@ pub fn down_combine(
             (0..k).fold(base, |sum, j| sum + y[(token * k + j) * d + c]) as f32
         })
         .collect();
-    Tensor::from_f32_vec(out, &[t, d], h.dtype(), Device::Cpu)
+    Tensor::from_f32_vec(out, &[t, d], dtype, Device::Cpu)
+}
+
+/// The FP8 gate_up of [`super::fp8`]: `xq [S, d]` e4m3 with `xscale [S]`; exact code products
+/// summed in f64, scaled, SwiGLU, one rounding into `dtype`.
+pub fn fp8_gate_up(
+    xq: &Tensor,
+    xscale: &Tensor,
+    w: &Fp8Experts,
+    routed: &RoutedTokens,
+    dtype: DType,
+    shape: ExpertShape,
+) -> Result<Tensor> {
+    let ExpertShape { d, f, .. } = shape;
+    let (_, offset, _) = host_routing(routed, dtype)?;
+    let (a, sa) = (xq.to_f32_vec()?, xscale.to_f32_vec()?);
+    let (wq, ws) = (w.gate_up.to_f32_vec()?, w.gate_up_scales.to_f32_vec()?); // [e, 2f, d], [e, 2f]
+    let slots = sa.len();
+    let experts = expert_of_rows(&offset, slots);
+    let mut h = vec![0f32; slots * f];
+    for (r, &e) in experts.iter().enumerate() {
+        let ar = &a[r * d..][..d];
+        let dot = |n: usize| -> f64 {
+            let row = &wq[(e * 2 * f + n) * d..][..d];
+            let sum: f64 = ar.iter().zip(row).map(|(&x, &w)| x as f64 * w as f64).sum();
+            sum * sa[r] as f64 * ws[e * 2 * f + n] as f64
+        };
+        for c in 0..f {
+            h[r * f + c] = swiglu(dot(c), dot(f + c)) as f32;
+        }
+    }
+    Tensor::from_f32_vec(h, &[slots, f], dtype, Device::Cpu)
+}
+
+/// The FP8 down projection and combine of [`super::fp8`]: `hq [S, f]` e4m3 with `hscale [S]`.
+#[allow(clippy::too_many_arguments)]
+pub fn fp8_down_combine(
+    hq: &Tensor,
+    hscale: &Tensor,
+    w: &Fp8Experts,
+    routed: &RoutedTokens,
+    weight_on: WeightOn,
+    shared: Option<&Tensor>,
+    dtype: DType,
+    shape: ExpertShape,
+) -> Result<Tensor> {
+    let ExpertShape { d, f, .. } = shape;
+    let (sorted, offset, weight) = host_routing(routed, dtype)?;
+    let (a, sa) = (hq.to_f32_vec()?, hscale.to_f32_vec()?);
+    let (wq, ws) = (w.down.to_f32_vec()?, w.down_scales.to_f32_vec()?); // [e, d, f], [e, d]
+    let slots = sorted.len();
+    let experts = expert_of_rows(&offset, slots);
+    let mut y = vec![0f64; slots * d];
+    for (r, &e) in experts.iter().enumerate() {
+        let slot = sorted[r] as usize;
+        let scale = match weight_on {
+            WeightOn::Output => weight[slot] as f64,
+            WeightOn::Input => 1.0,
+        };
+        let ar = &a[r * f..][..f];
+        for c in 0..d {
+            let row = &wq[(e * d + c) * f..][..f];
+            let sum: f64 = ar.iter().zip(row).map(|(&x, &w)| x as f64 * w as f64).sum();
+            y[slot * d + c] = sum * sa[r] as f64 * ws[e * d + c] as f64 * scale;
+        }
+    }
+    combine(&y, shared, shape, dtype)
 }
