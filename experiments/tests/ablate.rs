@@ -634,11 +634,49 @@ fn perplexity_is_reported_for_real_text_on_a_checkpoint_only() {
         let ppl = metric(&m, name, "perplexity", None).as_f64().unwrap();
         assert!(ppl.is_finite() && ppl > 1.0, "{name}: {ppl}");
     }
-    // Random prompts on the same checkpoint, or the file's tokens on a preset: no perplexity.
-    let (argv, output) = ablate(&with_text, &dir.path().join("preset"), &[], &["--model", "tiny-scout"]);
+    // A text file cut into rows by the checkpoint's own tokenizer.json.
+    let maverick = repo_root().join("model/testdata/tiny-maverick");
+    fs::write(
+        dir.path().join("story.txt"),
+        "The quick brown fox jumps over the lazy dog. ".repeat(20),
+    )
+    .unwrap();
+    let from_text = write(
+        &dir,
+        "story.toml",
+        &format!(
+            "[base]\nmodel = {:?}\n[eval]\ntext = \"story.txt\"\nprompts = 2\nprompt_len = 16\ndecode_tokens = 1\nrepeats = 1\n",
+            maverick
+        ),
+    );
+    let (argv, output) = ablate(&from_text, &dir.path().join("story"), &[], &[]);
     assert_succeeded(&argv, &output);
-    let m = read_metrics(&dir.path().join("preset"));
-    assert!(!m.keys().any(|(_, name, _)| name == "perplexity"));
+    let run: ResolvedRun =
+        toml::from_str(&fs::read_to_string(dir.path().join("story/resolved.toml")).unwrap()).unwrap();
+    assert_eq!(
+        (run.eval.source.as_str(), run.eval.prompts, run.eval.prompt_len),
+        ("text", 2, 16)
+    );
+    assert!(run.eval.perplexity && run.weights_seed.is_none());
+    let m = read_metrics(&dir.path().join("story"));
+    assert!(metric(&m, "base", "perplexity", None).as_f64().unwrap() > 1.0);
+
+    // Random prompts on the same checkpoint, or the file's tokens on a preset: no perplexity.
+    let random = write(
+        &dir,
+        "random.toml",
+        "[eval]\nprompts = 1\nprompt_len = 8\ndecode_tokens = 0\nrepeats = 1\n",
+    );
+    for (file, out, model) in [
+        (&random, "random", model.as_str()),
+        (&with_text, "preset", "tiny-scout"),
+    ] {
+        let (argv, output) = ablate(file, &dir.path().join(out), &[], &["--model", model]);
+        let stdout = assert_succeeded(&argv, &output);
+        assert!(!stdout.lines().next().unwrap().contains("ppl"), "{stdout}");
+        let m = read_metrics(&dir.path().join(out));
+        assert!(!m.keys().any(|(_, name, _)| name == "perplexity"), "{out}");
+    }
 }
 
 #[test]
