@@ -9,7 +9,10 @@
 //   QK-norm:     x · rsqrt(mean(x²) + eps)   (Llama4TextL2Norm: no weight)
 //   temperature: queries only, x · (1 + attn_scale·ln(1 + floor((p + 1) / floor_scale))), the
 //                factor computed on the host per token and passed in `q_scale [T]`
-// rounded once into q_out [B, H, T, DH] and k_out [B, HK, T, DH].
+// written to q_out [B, H, T, DH] and k_out [B, HK, T, DH]. Each step's result is rounded into
+// the dtype, as the unfused ops (and HF's bf16 model) round after each, and so is the
+// temperature factor: the fused pass evaluates the unfused composition, one read and one write
+// instead of three of each.
 //
 // One warp per head vector (B·T·(H + HK) of them, grid-stride): lane l holds pairs
 // l, l + 32, ... (DH ≤ 256), the norm's sum of squares is a warp reduction.
@@ -37,6 +40,9 @@ struct QkPrologueParams {
     u32 pad;
 };
 
+L4_DEVICE float qkp_round_f32(float v) { return v; }
+L4_DEVICE float qkp_round_bf16(float v) { return l4_bf16_to_f32(l4_f32_to_bf16(v)); }
+L4_DEVICE float qkp_round_f16(float v) { return l4_f16_to_f32(l4_f32_to_f16(v)); }
 L4_DEVICE float qkp_load_f32(const void* p, u64 i) { return ((const float*)p)[i]; }
 L4_DEVICE float qkp_load_bf16(const void* p, u64 i) { return l4_bf16_to_f32(((const l4_bf16*)p)[i]); }
 L4_DEVICE float qkp_load_f16(const void* p, u64 i) { return l4_f16_to_f32(((const l4_f16*)p)[i]); }
@@ -44,7 +50,7 @@ L4_DEVICE void qkp_store_f32(void* p, u64 i, float v) { ((float*)p)[i] = v; }
 L4_DEVICE void qkp_store_bf16(void* p, u64 i, float v) { ((l4_bf16*)p)[i] = l4_f32_to_bf16(v); }
 L4_DEVICE void qkp_store_f16(void* p, u64 i, float v) { ((l4_f16*)p)[i] = l4_f32_to_f16(v); }
 
-template <float (*LOAD)(const void*, u64), void (*STORE)(void*, u64, float)>
+template <float (*LOAD)(const void*, u64), void (*STORE)(void*, u64, float), float (*ROUND)(float)>
 static __device__ __forceinline__ void qk_prologue(const void* __restrict__ q, const void* __restrict__ k,
                                                    const float* __restrict__ inv_freq,
                                                    const float* __restrict__ q_scale, void* __restrict__ q_out,
@@ -77,24 +83,24 @@ static __device__ __forceinline__ void qk_prologue(const void* __restrict__ q, c
                 sincosf(angle, &s, &co);
                 const float y0 = x0 * co - x1 * s;
                 const float y1 = x0 * s + x1 * co;
-                x0 = y0;
-                x1 = y1;
+                x0 = ROUND(y0);
+                x1 = ROUND(y1);
             }
             re[c] = x0;
             im[c] = x1;
             squares = fmaf(x0, x0, fmaf(x1, x1, squares));
         }
-        float factor = 1.0f;
-        if (p.norm) factor = rsqrtf(l4_warp_sum(squares) / (float)p.dh + p.eps);
-        if (is_q && p.scale_q) factor *= q_scale[t];
+        const float norm = p.norm ? rsqrtf(l4_warp_sum(squares) / (float)p.dh + p.eps) : 1.0f;
+        const float temperature = is_q && p.scale_q ? ROUND(q_scale[t]) : 1.0f;
         const u64 out_base = (((u64)b * nh + hh) * p.tokens + t) * p.dh;
         void* dst = is_q ? q_out : k_out;
 #pragma unroll
         for (int c = 0; c < QKP_MAX_PAIRS_PER_LANE; ++c) {
             const u32 j = lane + 32 * c;
             if (j >= pairs) continue;
-            STORE(dst, out_base + 2 * j, re[c] * factor);
-            STORE(dst, out_base + 2 * j + 1, im[c] * factor);
+            // The norm's product rounded, then the temperature's (exact when either is 1).
+            STORE(dst, out_base + 2 * j, ROUND(re[c] * norm) * temperature);
+            STORE(dst, out_base + 2 * j + 1, ROUND(im[c] * norm) * temperature);
         }
     }
 }
@@ -104,7 +110,7 @@ static __device__ __forceinline__ void qk_prologue(const void* __restrict__ q, c
         const void* __restrict__ q, const void* __restrict__ k, const float* __restrict__ inv_freq,         \
         const float* __restrict__ q_scale, void* __restrict__ q_out, void* __restrict__ k_out,              \
         const QkPrologueParams p) {                                                                          \
-        qk_prologue<qkp_load_##DT, qkp_store_##DT>(q, k, inv_freq, q_scale, q_out, k_out, p);               \
+        qk_prologue<qkp_load_##DT, qkp_store_##DT, qkp_round_##DT>(q, k, inv_freq, q_scale, q_out, k_out, p);               \
     }
 
 L4_QK_PROLOGUE(f32)

@@ -1,11 +1,21 @@
 //! The CPU reference for `qk_prologue`, which is also its CPU backend: per head vector, the
 //! rotation with `rope`'s angles (θ rounded to f32, cos/sin in f64 rounded to f32), the norm and
-//! the temperature in f32, rounded once; written head-major.
+//! the temperature in f32, each step's result rounded into the dtype as the unfused ops round
+//! it; written head-major.
 
-use l4_core::{CpuStorage, Result, Tensor};
+use l4_core::{CpuStorage, DType, Result, Tensor};
 
 use super::Prologue;
 use crate::rope::reference::cos_sin;
+
+/// `v` rounded to the nearest value of `dtype` (f32, f16 or bf16), back in f32.
+fn round_to(dtype: DType, v: f32) -> f32 {
+    match dtype {
+        DType::BF16 => half::bf16::from_f32(v).to_f32(),
+        DType::F16 => half::f16::from_f32(v).to_f32(),
+        _ => v,
+    }
+}
 
 /// One of q or k `[B, T, N, DH]` → `[B, N, T, DH]`; `temperature` only for q.
 fn one(x: &Tensor, prologue: Prologue<'_>, with_temperature: bool) -> Result<Tensor> {
@@ -21,22 +31,20 @@ fn one(x: &Tensor, prologue: Prologue<'_>, with_temperature: bool) -> Result<Ten
                     for (j, &f) in inv_freq.iter().enumerate() {
                         let (cos, sin) = cos_sin(position, f);
                         let (re, im) = (head[2 * j], head[2 * j + 1]);
-                        head[2 * j] = re * cos - im * sin;
-                        head[2 * j + 1] = re * sin + im * cos;
+                        head[2 * j] = round_to(x.dtype(), re * cos - im * sin);
+                        head[2 * j + 1] = round_to(x.dtype(), re * sin + im * cos);
                     }
                 }
-                let mut factor = 1.0f32;
                 if let Some(eps) = prologue.qk_norm_eps {
                     let mean = head.iter().map(|v| v * v).sum::<f32>() / dh as f32;
-                    factor = 1.0 / (mean + eps as f32).sqrt();
+                    let norm = 1.0 / (mean + eps as f32).sqrt();
+                    head.iter_mut().for_each(|v| *v = round_to(x.dtype(), *v * norm));
                 }
                 if let (true, Some(temperature)) = (with_temperature, prologue.temperature) {
-                    factor *= temperature.factor(position) as f32;
+                    let factor = round_to(x.dtype(), temperature.factor(position) as f32);
+                    head.iter_mut().for_each(|v| *v *= factor);
                 }
-                let dst = &mut out[((bi * n + hi) * t + ti) * dh..][..dh];
-                for (o, v) in dst.iter_mut().zip(&head) {
-                    *o = v * factor;
-                }
+                out[((bi * n + hi) * t + ti) * dh..][..dh].copy_from_slice(&head);
             }
         }
     }

@@ -8,6 +8,7 @@ use l4_core::{DType, Device, Error, Result, Tensor};
 use l4_kernels::attention_decode::{PagedDecodeShape, fits_kernel, paged_decode_attention};
 use l4_kernels::attention_prefill::{PagedPrefillShape, fits_kernel as prefill_fits, paged_prefill_attention};
 use l4_kernels::ops;
+use l4_kernels::qk_prologue::{Prologue, QueryTemperature, qk_prologue};
 
 use super::linear::Linear;
 use super::rope::RotaryTable;
@@ -144,27 +145,25 @@ pub fn attention_forward(
         num_kv_heads: hk,
         head_dim: dh,
     } = shape;
-    let mut q = weights.q.forward(x)?.reshape(&[b, t, h, dh])?;
-    let mut k = weights.k.forward(x)?.reshape(&[b, t, hk, dh])?;
+    let q = weights.q.forward(x)?.reshape(&[b, t, h, dh])?;
+    let k = weights.k.forward(x)?.reshape(&[b, t, hk, dh])?;
     let v = weights.v.forward(x)?.reshape(&[b, t, hk, dh])?;
 
-    // RoPE, then the weightless QK-norm (RoPE layers only), then the temperature (NoPE layers).
-    if layer.position == Position::Rope {
-        q = rope.apply(&q, start)?;
-        k = rope.apply(&k, start)?;
-    }
-    if layer.qk_norm {
-        q = ops::rms_norm(&q, None, rms_norm_eps)?;
-        k = ops::rms_norm(&k, None, rms_norm_eps)?;
-    }
-    if let Some(temperature) = layer.temperature {
-        let scales: Vec<f32> = (0..t).map(|i| temperature.factor(start + i) as f32).collect();
-        q = ops::mul(&q, &Tensor::from_f32_vec(scales, &[1, t, 1, 1], q.dtype(), q.device())?)?;
-    }
+    // RoPE, then the weightless QK-norm, then the temperature (NoPE layers), fused in one pass
+    // that also makes q and k head-major.
+    let prologue = Prologue {
+        inv_freq: (layer.position == Position::Rope).then(|| rope.inv_freq()),
+        qk_norm_eps: layer.qk_norm.then_some(rms_norm_eps),
+        temperature: layer.temperature.map(|t| QueryTemperature {
+            floor_scale: t.floor_scale,
+            attn_scale: t.attn_scale,
+        }),
+        start,
+    };
+    let (q, k) = qk_prologue(&q, &k, prologue)?; // [b, h, t, dh], [b, hk, t, dh]
 
     // Keys and values join the cache after RoPE and QK-norm; v is cached raw. Only this step's
     // tokens are written; the attention below reads the cache's blocks in place on a GPU.
-    let k = ops::contiguous(&k.permute(&[0, 2, 1, 3])?)?; // [b, hk, t, dh]
     let v = ops::contiguous(&v.permute(&[0, 2, 1, 3])?)?; // [b, hk, t, dh]
     cache.append(&k, &v, start)?;
     let attended = attend(layer, shape, &q, x.device().is_cuda(), start, cache, masks);
@@ -172,7 +171,7 @@ pub fn attention_forward(
     weights.o.forward(&attended?)
 }
 
-/// Attention of this step's queries `q [b, t, h, dh]` (after RoPE, QK-norm and temperature)
+/// Attention of this step's queries `q [b, h, t, dh]` (after RoPE, QK-norm and temperature)
 /// at positions `start..start+t` over the cache, which already holds this step's keys
 /// → `[b, t, h·dh]`.
 fn attend(
@@ -189,13 +188,13 @@ fn attend(
         num_kv_heads: hk,
         head_dim: dh,
     } = shape;
-    let (b, t, g) = (q.shape()[0], q.shape()[1], h / hk);
+    let (b, t, g) = (q.shape()[0], q.shape()[2], h / hk);
     let chunk = match layer.span {
         Span::Chunked(c) => Some(c),
         Span::Global => None,
     };
     // Group query heads by their kv head: head i uses kv head i / g.
-    let q = ops::contiguous(&q.permute(&[0, 2, 1, 3])?)?.reshape(&[b, hk, g, t, dh])?;
+    let q = ops::contiguous(q)?.reshape(&[b, hk, g, t, dh])?;
     let scale = (dh as f64).powf(-0.5);
     let by_kv_head = q.reshape(&[b, hk, g * t, dh])?; // rows head-major: row r is token r % t
     let heads_by_token = q.reshape(&[b, h, t, dh])?;
