@@ -4,6 +4,9 @@
 //! can be compared in one run: a seeded random prompt of `prompt_len` tokens, one prefill
 //! forward, then `new_tokens` greedy steps with the KV cache. Each phase is repeated and the
 //! median is reported, after one untimed warm-up.
+//!
+//! `l4 bench --kernels` times the kernels instead: [`kernels`] runs them at a preset's shapes
+//! and [`table`] measures and prints them.
 
 use std::fmt::Write;
 use std::time::Instant;
@@ -14,6 +17,9 @@ use l4_model::generate::{GreedyOptions, greedy};
 use l4_model::{Capture, ModelSpec, Span};
 
 use crate::run::RunOptions;
+
+pub mod kernels;
+pub mod table;
 
 /// What to time.
 #[derive(Clone, Debug)]

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use l4_core::{DType, Device};
 use l4_experiments::ablate::{self, AblateOptions};
+use l4_experiments::bench::kernels::KernelBenchOptions;
 use l4_experiments::bench::{self, BenchOptions};
 use l4_experiments::plan::budget::{parse_gib, parse_tokens};
 use l4_experiments::plan::{self, GpuMemory, PlanOptions};
@@ -110,23 +111,53 @@ enum Command {
         #[arg(long)]
         dump_hidden: bool,
     },
-    /// Time prefill and greedy decoding (median of repeats) on a seeded random prompt.
+    /// Time a model's prefill and greedy decoding (median of repeats) on a seeded random
+    /// prompt (--model ...), or, with --kernels, the kernels available on this machine at a
+    /// preset's shapes, as one table: kernel, shape, time, TFLOP/s, GB/s, fraction of the
+    /// device's peak, ratio to the cuBLASLt baseline. Without a GPU the kernel table times the
+    /// CPU paths and says so.
     Bench {
-        #[command(flatten)]
-        model: ModelArgs,
+        /// An HF checkpoint folder or a preset name, for the model timings.
+        #[arg(long, required_unless_present = "kernels")]
+        model: Option<String>,
+        /// Device: cpu, cuda, cuda:N, or auto (CUDA when usable). Default: cpu for the model
+        /// timings; for --kernels, CUDA device 0 when usable, else the CPU.
+        #[arg(long)]
+        device: Option<Device>,
+        /// Compute dtype of the model timings: f32 or bf16.
+        #[arg(long, default_value = "f32", conflicts_with = "kernels")]
+        dtype: DType,
+        /// FP8 weights of the model timings (see `l4 logits --help`).
+        #[arg(long, conflicts_with = "kernels")]
+        fp8: Option<Fp8Mode>,
+        /// Routing strategy of the model timings (see `l4 logits --help`).
+        #[arg(long, conflicts_with = "kernels")]
+        router: Option<String>,
         /// Prompt tokens.
-        #[arg(long, default_value_t = 512)]
+        #[arg(long, default_value_t = 512, conflicts_with = "kernels")]
         prompt_len: usize,
         /// Greedy steps after the prompt (the generate phase includes its prefill, as HF's
         /// generate does).
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 32, conflicts_with = "kernels")]
         new_tokens: usize,
         /// Timed repeats per phase.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, conflicts_with = "kernels")]
         repeats: usize,
         /// CPU threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// Time the kernels instead of a model: RMSNorm, softmax, MoE routing, decode and
+        /// prefill attention, bf16 GEMMs and FP8 GEMMs (row-wise beside cuBLASLt's, and
+        /// block-scaled) at the shapes of --shapes.
+        #[arg(long, conflicts_with = "model")]
+        kernels: bool,
+        /// The preset whose shapes the kernel table uses (default: llama4-scout-17b-16e, or
+        /// tiny-scout with --quick).
+        #[arg(long, requires = "kernels")]
+        shapes: Option<String>,
+        /// A fast smoke run of the kernel table: tiny shapes, one timed run per entry.
+        #[arg(long, requires = "kernels")]
+        quick: bool,
     },
     /// Memory for a context length: weights and KV cache, iRoPE (chunked layers hold one chunk)
     /// against all-global attention, whether they fit the GPU and the longest context that does.
@@ -280,19 +311,39 @@ fn main() -> ExitCode {
         }),
         Command::Bench {
             model,
+            device,
+            dtype,
+            fp8,
+            router,
             prompt_len,
             new_tokens,
             repeats,
             threads,
-        } => {
-            let options = BenchOptions {
-                prompt_len,
-                new_tokens,
-                repeats,
-                seed: 0,
-            };
-            set_threads(threads).and_then(|()| bench::bench(&model.options(), &options).map(|r| print!("{r}")))
-        }
+            kernels,
+            shapes,
+            quick,
+        } => set_threads(threads).and_then(|()| match (kernels, model) {
+            (true, _) => {
+                let options = KernelBenchOptions { device, shapes, quick };
+                bench::kernels::run(&options).map(|table| print!("{}", table.report()))
+            }
+            (false, model) => {
+                let run = RunOptions {
+                    model: model.unwrap_or_default(),
+                    device: device.unwrap_or(Device::Cpu),
+                    dtype,
+                    fp8,
+                    router,
+                };
+                let options = BenchOptions {
+                    prompt_len,
+                    new_tokens,
+                    repeats,
+                    seed: 0,
+                };
+                bench::bench(&run, &options).map(|r| print!("{r}"))
+            }
+        }),
         Command::Logits {
             model,
             input,
