@@ -360,6 +360,13 @@ const COLUMNS: &[Column] = &[
     },
 ];
 
+/// `v` with −0 made +0: an entropy summed from `−p·ln p` terms with p = 1 is −0, which would
+/// print as "-0.000". Rounding to a few digits can also give "-0.000" from a tiny negative
+/// value, which this leaves as it is (it is a real sign).
+fn without_negative_zero(v: f64) -> f64 {
+    v + 0.0
+}
+
 /// A CSV field, quoted when it holds a comma, a quote or a line break.
 fn csv_field(text: &str) -> String {
     match text.contains([',', '"', '\n', '\r']) {
@@ -379,7 +386,7 @@ pub fn write_summary_csv(dir: &Path, rows: &[(String, String, VariantMetrics)]) 
     for (name, hash, metrics) in rows {
         let _ = write!(text, "{},{}", csv_field(name), csv_field(hash));
         for c in COLUMNS {
-            let cell = (c.value)(metrics).map_or(String::new(), |v| v.to_string());
+            let cell = (c.value)(metrics).map_or(String::new(), |v| without_negative_zero(v).to_string());
             let _ = write!(text, ",{cell}");
         }
         text.push('\n');
@@ -410,7 +417,9 @@ pub fn summary_table(rows: &[(String, String, VariantMetrics)]) -> String {
         let _ = write!(out, "{name:<width$}");
         for c in &shown {
             let (_, w) = c.table.expect("filtered on table");
-            let cell = (c.value)(metrics).map_or("-".to_string(), |v| format!("{v:.*}", c.digits));
+            let cell = (c.value)(metrics).map_or("-".to_string(), |v| {
+                format!("{:.*}", c.digits, without_negative_zero(v))
+            });
             let _ = write!(out, "  {cell:>w$}");
         }
         out.push('\n');
@@ -462,6 +471,13 @@ mod tests {
         let staging = Staging::new(&dir.path().join("kept/new/out"), false).unwrap();
         drop(staging);
         assert!(dir.path().join("kept").is_dir() && !dir.path().join("kept/new").exists());
+    }
+
+    #[test]
+    fn negative_zero_prints_as_zero() {
+        assert_eq!(format!("{:.3}", without_negative_zero(-0.0)), "0.000");
+        assert_eq!(without_negative_zero(-0.0).to_string(), "0");
+        assert_eq!(without_negative_zero(-1.5), -1.5);
     }
 
     #[test]
