@@ -10,7 +10,9 @@
 //! * the bf16 GEMMs at Scout's forward-pass shapes ([`gemm`], cuBLASLt on CUDA);
 //! * the FP8 GEMMs at the same shapes ([`fp8_gemm`]: l4's kernel with row-wise and block
 //!   scales, cuBLASLt's FP8 GEMM), last, so a fault in the newest kernel cannot take the other
-//!   figures with it.
+//!   figures with it;
+//! * whole MoE blocks ([`moe_experts`]: routing, grouped bf16 and FP8 experts, shared expert)
+//!   at Scout's and Maverick's shapes beside the per-expert cuBLASLt composition, after them.
 //!
 //! The memory-bound ops report bytes/s of compulsory traffic (every input read once, the output
 //! written once; `units`), which compares directly with the card's HBM bandwidth (H100 SXM:
@@ -21,6 +23,7 @@
 
 mod fp8_gemm;
 mod gemm;
+mod moe_experts;
 
 use std::process::ExitCode;
 
@@ -551,6 +554,7 @@ fn main() -> ExitCode {
     prefill_attention(&mut c);
     gemm::matmul_bf16(&mut c);
     fp8_gemm::fp8_gemms(&mut c);
+    moe_experts::moe_blocks(&mut c);
     c.final_summary();
     runner::exit_status()
 }
