@@ -1,6 +1,7 @@
 //! SVG plots of an ablation: expert-load heatmaps, one per variant (MoE layers × experts) and
-//! one per MoE layer (variants × experts), and one bar chart per metric across variants. plotters' SVG backend writes text as SVG text
-//! elements, so nothing here needs fonts or system libraries.
+//! one per MoE layer (variants × experts), and one bar chart per metric across variants.
+//! plotters' SVG backend writes text as SVG text elements, so nothing here needs fonts or
+//! system libraries.
 
 use std::path::Path;
 
