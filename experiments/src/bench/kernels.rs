@@ -126,26 +126,23 @@ fn sizes(device: Device, quick: bool) -> Sizes {
     }
 }
 
-/// The device to bench and a note on how it was chosen.
+/// The device to bench, and on the CPU a note on where the GPU kernels are.
 fn pick_device(asked: Option<Device>) -> Result<(Device, Option<String>)> {
-    match asked {
-        Some(Device::Cpu) => Ok((Device::Cpu, None)),
-        Some(device) => {
-            let device = device
-                .ensure_usable()
-                .map_err(|e| anyhow!("--device {device}: not usable: {e}"))?;
-            Ok((device, None))
-        }
-        None => match l4_core::cuda::backend(0) {
-            Ok(_) => Ok((Device::Cuda(0), None)),
-            Err(e) => Ok((
-                Device::Cpu,
-                Some(format!(
-                    "no usable CUDA device ({e}): l4's GPU kernels and the cuBLASLt baselines need a GPU; this table times the CPU paths"
-                )),
-            )),
-        },
-    }
+    let device = match asked {
+        Some(Device::Cpu) => Device::Cpu,
+        Some(device) => device
+            .ensure_usable()
+            .map_err(|e| anyhow!("--device {device}: not usable: {e}"))?,
+        None => Device::auto(),
+    };
+    let note = match (device, l4_core::cuda::backend(0)) {
+        (Device::Cuda(_), _) => None,
+        (Device::Cpu, Ok(_)) => Some("this table times the CPU paths; --device cuda times the GPU kernels".into()),
+        (Device::Cpu, Err(e)) => Some(format!(
+            "no usable CUDA device ({e}): l4's GPU kernels and the cuBLASLt baselines need a GPU; this table times the CPU paths"
+        )),
+    };
+    Ok((device, note))
 }
 
 /// Runs the kernel table.
