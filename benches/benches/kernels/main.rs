@@ -7,6 +7,9 @@
 //!   top-k (the router's and greedy decoding's over the vocabulary), the fused MoE routing, and
 //!   split-KV decode attention over one attention chunk of cached keys;
 //! * prefill attention, global causal and chunked (compute-bound: FLOPs as elements);
+//! * attention over the paged KV cache ([`attention`]: prefill at 1K–128K tokens, decode at 8K–1M
+//!   of context, the fused QK prologue) and the long-context check ([`long_context`]: a
+//!   Scout-shaped layer stack decoding at 1M tokens, KV bytes per token of chunked and global layers);
 //! * the bf16 GEMMs at Scout's forward-pass shapes ([`gemm`], cuBLASLt on CUDA);
 //! * the FP8 GEMMs at the same shapes ([`fp8_gemm`]: l4's kernel with row-wise and block
 //!   scales, cuBLASLt's FP8 GEMM), last, so a fault in the newest kernel cannot take the other
@@ -21,8 +24,10 @@
 //! preset's shapes (the existing vector_add and RMSNorm entries keep their sizes), so a dry run
 //! exercises every bench's code. docs/benchmarks.md says what each measures.
 
+mod attention;
 mod fp8_gemm;
 mod gemm;
+mod long_context;
 mod moe_experts;
 
 use std::process::ExitCode;
@@ -552,6 +557,10 @@ fn main() -> ExitCode {
     moe_route(&mut c);
     decode_attention(&mut c);
     prefill_attention(&mut c);
+    attention::paged_prefill(&mut c);
+    attention::paged_decode(&mut c);
+    attention::qk_prologue(&mut c);
+    long_context::long_context_check();
     gemm::matmul_bf16(&mut c);
     fp8_gemm::fp8_gemms(&mut c);
     moe_experts::moe_blocks(&mut c);
