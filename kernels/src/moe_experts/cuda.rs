@@ -44,12 +44,28 @@ pub fn uses_tensor_cores(dtype: DType, d: usize, f: usize) -> bool {
     matches!(dtype, DType::BF16 | DType::F16) && d.is_multiple_of(8) && f.is_multiple_of(8)
 }
 
+/// Whether a tensor's first element sits on a 16-byte boundary (a view may start anywhere).
+fn aligned16(t: &Tensor) -> bool {
+    (t.layout().offset() * t.dtype().size_in_bytes()).is_multiple_of(16)
+}
+
 fn as_i32(value: usize, what: &str) -> Result<i32> {
     i32::try_from(value).map_err(|_| Error::invalid(OP, format!("{what} = {value} exceeds the kernel's 32-bit sizes")))
 }
 
+/// Column blocks on the grid's y axis (at most 65535).
+fn column_blocks(cols: usize, block: usize) -> Result<u32> {
+    let blocks = cols.div_ceil(block);
+    u32::try_from(blocks).ok().filter(|&b| b <= 65535).ok_or_else(|| {
+        Error::invalid(
+            OP,
+            format!("{cols} output columns exceed the grid's 65535 column blocks"),
+        )
+    })
+}
+
 /// The tensor-core grid: (column blocks, an upper bound on the (expert, m-block) tiles).
-fn mma_config(cols: usize, col_block: usize, slots: usize, experts: usize) -> (LaunchConfig, &'static str) {
+fn mma_config(cols: usize, col_block: usize, slots: usize, experts: usize) -> Result<(LaunchConfig, &'static str)> {
     let (rows, shape) = if slots <= DECODE_MAX_SLOTS {
         (DECODE_ROWS, "decode")
     } else {
@@ -58,11 +74,11 @@ fn mma_config(cols: usize, col_block: usize, slots: usize, experts: usize) -> (L
     // Σ_e ceil(c_e / BM) ≤ ceil(S / BM) + (experts with a token); the extra CTAs exit at once.
     let tiles = slots.div_ceil(rows) + experts.min(slots);
     let config = LaunchConfig {
-        grid_dim: (cols.div_ceil(col_block) as u32, tiles as u32, 1),
+        grid_dim: (tiles as u32, column_blocks(cols, col_block)?, 1),
         block_dim: (MMA_THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    (config, shape)
+    Ok((config, shape))
 }
 
 /// A host computation moved back to `device` (the degenerate sizes, where no kernel runs).
@@ -150,8 +166,8 @@ pub fn gate_up_swiglu(
         as_i32(d, "d")?,
         as_i32(f, "f")?,
     );
-    if uses_tensor_cores(x.dtype(), d, f) {
-        let (config, kind) = mma_config(f, GATE_UP_COLS, slots, e);
+    if uses_tensor_cores(x.dtype(), d, f) && aligned16(&gate_up) {
+        let (config, kind) = mma_config(f, GATE_UP_COLS, slots, e)?;
         let function = load_function(&backend, &MOE_EXPERTS, &format!("me_gate_up_{dtype}_{kind}"))?;
         let mut builder = backend.stream().launch_builder(&function);
         builder
@@ -236,9 +252,9 @@ pub fn down_combine(
         as_i32(k, "k")?,
     );
     let null: u64 = 0;
-    let tensor_cores = uses_tensor_cores(h.dtype(), d, f);
+    let tensor_cores = uses_tensor_cores(h.dtype(), d, f) && aligned16(&down) && aligned16(&h);
     let (config, name) = if tensor_cores {
-        let (config, kind) = mma_config(d, DOWN_COLS, slots, e);
+        let (config, kind) = mma_config(d, DOWN_COLS, slots, e)?;
         (config, format!("me_down_{dtype}_{kind}"))
     } else {
         (
@@ -280,16 +296,16 @@ pub fn down_combine(
 
 /// The FP8 kernels' grid: one warp per output column, `ME_FP8_WARPS` per CTA, and the tile
 /// bound of [`mma_config`] with 16-row tiles.
-fn fp8_config(cols: usize, slots: usize, experts: usize) -> LaunchConfig {
-    LaunchConfig {
+fn fp8_config(cols: usize, slots: usize, experts: usize) -> Result<LaunchConfig> {
+    Ok(LaunchConfig {
         grid_dim: (
-            cols.div_ceil(FP8_WARPS) as u32,
             (slots.div_ceil(FP8_ROWS) + experts.min(slots)) as u32,
+            column_blocks(cols, FP8_WARPS)?,
             1,
         ),
         block_dim: (FP8_WARPS as u32 * 32, 1, 1),
         shared_mem_bytes: 0,
-    }
+    })
 }
 
 /// Output columns (warps) per CTA and rows per tile of the FP8 kernels (`ME_FP8_WARPS`,
@@ -297,9 +313,13 @@ fn fp8_config(cols: usize, slots: usize, experts: usize) -> LaunchConfig {
 const FP8_WARPS: usize = 8;
 const FP8_ROWS: usize = 16;
 
-/// 16-byte loads when rows of `k` codes stay 16-byte aligned, else byte loads.
-fn fp8_vec(k: usize) -> &'static str {
-    if k.is_multiple_of(16) { "v16" } else { "v1" }
+/// 16-byte loads when rows of `k` codes stay 16-byte aligned in every operand, else byte loads.
+fn fp8_vec(k: usize, operands: &[&Tensor]) -> &'static str {
+    if k.is_multiple_of(16) && operands.iter().all(|t| aligned16(t)) {
+        "v16"
+    } else {
+        "v1"
+    }
 }
 
 /// See [`super::reference::fp8_gate_up`]; the operands are checked and non-empty.
@@ -314,9 +334,13 @@ pub fn fp8_gate_up(
     let ExpertShape { t, d, f, e, k } = shape;
     let slots = t * k;
     let backend = backend_of(xq, OP)?;
-    let name = format!("me_fp8_gate_up_{}_{}", dtype_name(dtype)?, fp8_vec(d));
-    let function = load_function(&backend, &MOE_EXPERTS, &name)?;
     let (gate_up, scales) = (contiguous(&w.gate_up)?, contiguous(&w.gate_up_scales)?);
+    let vec = fp8_vec(d, &[&gate_up, xq]);
+    let function = load_function(
+        &backend,
+        &MOE_EXPERTS,
+        &format!("me_fp8_gate_up_{}_{vec}", dtype_name(dtype)?),
+    )?;
     let (xq_b, xs_b) = (contiguous_bytes(xq, OP, "xq")?, contiguous_bytes(xscale, OP, "xscale")?);
     let (w_b, ws_b) = (
         contiguous_bytes(&gate_up, OP, "gate_up")?,
@@ -338,7 +362,7 @@ pub fn fp8_gate_up(
         .arg(&mut h);
     // SAFETY: (xq [S, d] e4m3, xscale [S] f32, w [e, 2f, d] e4m3, wscale [e, 2f] f32, offset
     // [e+1], int e, d, f, h [S, f]) as `me_fp8_gate_up_*` declares; v16 only when d % 16 == 0.
-    unsafe { builder.launch(fp8_config(f, slots, e)) }?;
+    unsafe { builder.launch(fp8_config(f, slots, e)?) }?;
     output_tensor(h, dtype, backend.info().ordinal, &[slots, f])
 }
 
@@ -358,8 +382,9 @@ pub fn fp8_down_combine(
     let slots = t * k;
     let backend = backend_of(hq, OP)?;
     let dname = dtype_name(dtype)?;
-    let function = load_function(&backend, &MOE_EXPERTS, &format!("me_fp8_down_{dname}_{}", fp8_vec(f)))?;
     let (down, scales) = (contiguous(&w.down)?, contiguous(&w.down_scales)?);
+    let vec = fp8_vec(f, &[&down, hq]);
+    let function = load_function(&backend, &MOE_EXPERTS, &format!("me_fp8_down_{dname}_{vec}"))?;
     let (hq_b, hs_b) = (contiguous_bytes(hq, OP, "hq")?, contiguous_bytes(hscale, OP, "hscale")?);
     let (w_b, ws_b) = (
         contiguous_bytes(&down, OP, "down")?,
@@ -409,7 +434,7 @@ pub fn fp8_down_combine(
     // f, d, sorted [S], weight [S] or null, int k, shared [t, d] or null, out [t, d] or null,
     // slot_out [S, d] f32 or null) as `me_fp8_down_*` declares; exactly one of out and slot_out
     // is non-null; v16 only when f % 16 == 0.
-    unsafe { builder.launch(fp8_config(d, slots, e)) }?;
+    unsafe { builder.launch(fp8_config(d, slots, e)?) }?;
     if let Some(slot_out) = slot_out {
         combine(&backend, &slot_out, shared_b.as_ref(), &mut out, dname, (t, k, d))?;
     }

@@ -17,10 +17,10 @@
 //
 // Tensor-core path (bf16/f16, d and f multiples of 8): mma.sync m16n8k16 with f32 accumulation,
 // ldmatrix (.trans for the [k][n] weight tiles), a cp.async pipeline of ME_STAGES stages of
-// BK = 32. The tile schedule is computed on the device: CTA y-index i is the i-th (expert,
+// BK = 32. The tile schedule is computed on the device: CTA x-index i is the i-th (expert,
 // m-block) pair in expert order, found by a scan of the offsets (E ≤ 256), so no host sync is
-// needed; the grid's y extent is the bound ceil(S/BM) + min(E, S) and CTAs past the last tile
-// exit. Two shapes: "wide" (BM 64, 2×2 warps) for prefill and "decode" (BM 16, 1×4 warps) for
+// needed; the grid's x extent is the bound ceil(S/BM) + min(E, S) and CTAs past the last tile
+// exit. The y index is the column block, so the CTAs that run together share weight tiles in L2. Two shapes: "wide" (BM 64, 2×2 warps) for prefill and "decode" (BM 16, 1×4 warps) for
 // steps of ≤ 64 slots, where each CTA streams a slice of one expert's weight columns once for
 // all of that expert's tokens (≤ 16 per m-block), so the bytes read are about the unique
 // expert weight bytes.
@@ -214,9 +214,9 @@ L4_DEVICE void me_gemm(const unsigned short* __restrict__ a, const unsigned shor
     __shared__ __align__(16) unsigned short Bs[STAGES][ME_BK][BN + ME_PAD];
 
     int expert, row0, row1;
-    if (!me_find_tile(offset, experts, BM, blockIdx.y, expert, row0, row1)) return;
+    if (!me_find_tile(offset, experts, BM, blockIdx.x, expert, row0, row1)) return;
     const int rows = row1 - row0;
-    const int n0 = blockIdx.x * BN_OUT;
+    const int n0 = blockIdx.y * BN_OUT;
     const i64 ldw = GATE_UP ? 2 * (i64)N : (i64)N;
     const unsigned short* wexp = w + (i64)expert * K * ldw;
     const int tid = threadIdx.x;
@@ -502,8 +502,8 @@ L4_DEVICE void me_fp8_gate_up(const l4_fp8* __restrict__ xq, const float* __rest
                               const int* __restrict__ offset, int experts, int d, int f,
                               typename MeElem<DT>::T* __restrict__ h) {
     int expert, row0, row1;
-    if (!me_find_tile(offset, experts, ME_FP8_ROWS, blockIdx.y, expert, row0, row1)) return;
-    const int c = blockIdx.x * ME_FP8_WARPS + (threadIdx.x >> 5);
+    if (!me_find_tile(offset, experts, ME_FP8_ROWS, blockIdx.x, expert, row0, row1)) return;
+    const int c = blockIdx.y * ME_FP8_WARPS + (threadIdx.x >> 5);
     if (c >= f) return;
     const int rows = row1 - row0;
     const i64 gate_row = (i64)expert * 2 * f + c;
@@ -529,8 +529,8 @@ L4_DEVICE void me_fp8_down(const l4_fp8* __restrict__ hq, const float* __restric
                            const float* __restrict__ out_weight, int k, const typename MeElem<DT>::T* __restrict__ shared,
                            typename MeElem<DT>::T* __restrict__ out, float* __restrict__ slot_out) {
     int expert, row0, row1;
-    if (!me_find_tile(offset, experts, ME_FP8_ROWS, blockIdx.y, expert, row0, row1)) return;
-    const int c = blockIdx.x * ME_FP8_WARPS + (threadIdx.x >> 5);
+    if (!me_find_tile(offset, experts, ME_FP8_ROWS, blockIdx.x, expert, row0, row1)) return;
+    const int c = blockIdx.y * ME_FP8_WARPS + (threadIdx.x >> 5);
     if (c >= d) return;
     const int rows = row1 - row0;
     const i64 wrow = (i64)expert * d + c;
