@@ -22,11 +22,12 @@ What it times (bf16 unless stated; every case catches its own failure and report
   inputs already quantized, use_fast_accum=False) at every GEMM shape l4 benched (the peer of
   l4's fp8_gemm_rowwise entries, joined on the shape by gpu_summary.py);
 * scaled_dot_product_attention at Scout's attention (40 q heads, 8 kv heads, head dim 128):
-  causal prefill of 2048 tokens and decode (one query over 8192 keys, batch 1 and 16), with
+  causal prefill of 1K, 2K, 4K, 16K and 64K tokens and decode (one query over 8192 keys, batch 1
+  and 16; over 128K and 1M keys, batch 1), with
   each SDPA backend (default choice, flash, efficient, cuDNN); GQA by enable_gqa, or with k/v
   repeated to 40 heads (not timed) where a backend refuses enable_gqa;
-* FlexAttention (torch.compile'd) with Llama 4's chunked causal mask (chunk 8192) at 2048 and
-  16384 tokens, in a subprocess with a timeout (its compile time is the least predictable);
+* FlexAttention (torch.compile'd) with Llama 4's chunked causal mask (chunk 8192) at 2K, 16K,
+  64K and 128K tokens, in a subprocess with a timeout (its compile time is the least predictable);
 * torch._grouped_mm at Scout's MoE expert shapes: 16 experts, tokens split evenly, gate/up
   (k 5120 -> n 16384) and down (8192 -> 5120).
 
@@ -516,6 +517,10 @@ def sdpa_cases(results: Results):
             if hasattr(SDPBackend, attr):
                 backends.append((label, getattr(SDPBackend, attr)))
     cases = [("prefill causal", 1, 2048, 2048, True), ("decode", 1, 1, CHUNK, False), ("decode", 16, 1, CHUNK, False)]
+    # The paged-attention benches' shapes: causal prefill at 1K-64K tokens, decode at 128K and 1M
+    # keys (batch 1), beside l4's attention_prefill_paged and attention_decode_paged entries.
+    cases += [("prefill causal", 1, t, t, True) for t in (1024, 4096, 16_384, 65_536)]
+    cases += [("decode", 1, 1, s, False) for s in (131_072, 1_048_576)]
     for label, backend in backends:
         for case, b, t, s, causal in cases:
             pairs = b * HEADS * attention_pairs(t, s, causal)
@@ -610,7 +615,7 @@ def flex_worker(seqs):
 def flex_cases(results: Results, peaks, reserve):
     """FlexAttention in a subprocess, given the time budget left less `reserve` seconds (kept for
     the cases after it), at most FLEX_MAX_S."""
-    seqs = [2048, 16_384]
+    seqs = [2048, 16_384, 65_536, 131_072]
     left = min(results.budget.left() - reserve, FLEX_MAX_S)
     if left < 15:
         for s in seqs:
