@@ -164,6 +164,11 @@ impl Fp8Linear {
         Ok(Fp8Linear { weight })
     }
 
+    /// The e4m3 codes `[out, in]` and their scales.
+    pub fn quantized(&self) -> &Quantized {
+        &self.weight
+    }
+
     /// How the weight's scales are grouped.
     pub fn granularity(&self) -> Granularity {
         self.weight.granularity

@@ -75,6 +75,14 @@ impl Linear {
         matches!(self.weight, Weight::Fp8(_))
     }
 
+    /// The FP8 layer, when the weights are FP8.
+    pub fn as_fp8(&self) -> Option<&Fp8Linear> {
+        match &self.weight {
+            Weight::Fp8(l) => Some(l),
+            _ => None,
+        }
+    }
+
     /// The same layer with its weight quantized to e4m3 per output channel (run in FP8).
     pub fn to_fp8(&self) -> Result<Linear> {
         match &self.weight {

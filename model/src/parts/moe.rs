@@ -1,13 +1,16 @@
 //! The MoE block: router, routed SwiGLU experts (only the chosen ones run), shared expert.
 
-use l4_core::{Device, Error, Result, Tensor};
-use l4_kernels::ops;
+use std::sync::{Arc, OnceLock};
 
+use l4_core::{Device, Error, Result, Tensor};
+use l4_kernels::moe_experts::{Fp8Experts, WeightOn, fp8_moe_experts, moe_experts};
+use l4_kernels::moe_routing::{MAX_EXPERTS, RouteKind, RoutedTokens, route};
+use l4_kernels::ops;
+use l4_kernels::quant::{Granularity, Quantized};
+
+use super::fp8::ACTIVATION_SCALE_UB;
 use super::linear::Linear;
 use super::mlp::SwiGlu;
-use l4_kernels::moe_experts::{WeightOn, moe_experts};
-use l4_kernels::moe_routing::{MAX_EXPERTS, RouteKind, RoutedTokens, route};
-
 use super::router::{Assignment, Router, RouterInput, Routing, WeightPlacement};
 
 /// The routed experts' weights.
@@ -26,7 +29,38 @@ pub enum Experts {
         gate_up: Vec<Linear>,
         /// Per expert: `f -> d`.
         down: Vec<Linear>,
+        /// The same weights stacked for the grouped FP8 kernels, made on first use on a GPU.
+        stacked: Fp8Stack,
     },
+}
+
+/// Row-wise FP8 experts stacked for `moe_experts`' FP8 kernels, made once on first use (they
+/// double the experts' memory, so only a GPU forward makes them). `None` inside when the experts
+/// are not all FP8 with per-row or per-tensor scales (block-scaled or dequantized experts keep
+/// the per-expert path).
+#[derive(Clone, Debug, Default)]
+pub struct Fp8Stack(Arc<OnceLock<Option<Fp8Experts>>>);
+
+impl Fp8Stack {
+    fn get(&self, gate_up: &[Linear], down: &[Linear]) -> Result<Option<&Fp8Experts>> {
+        if self.0.get().is_none() {
+            let row_wise = |l: &Linear| {
+                l.as_fp8()
+                    .map(|f| f.quantized())
+                    .filter(|q| matches!(q.granularity, Granularity::PerRow | Granularity::PerTensor))
+                    .cloned()
+            };
+            let gate_up: Option<Vec<Quantized>> = gate_up.iter().map(row_wise).collect();
+            let down: Option<Vec<Quantized>> = down.iter().map(row_wise).collect();
+            let stacked = match (gate_up, down) {
+                (Some(g), Some(d)) if !g.is_empty() => Some(Fp8Experts::from_per_expert(&g, &d)?),
+                _ => None,
+            };
+            // A concurrent first use may have set it already; either value is the same.
+            let _ = self.0.set(stacked);
+        }
+        Ok(self.0.get().and_then(Option::as_ref))
+    }
 }
 
 impl Experts {
@@ -61,7 +95,7 @@ impl Experts {
                     Linear::from_in_out(down.narrow(0, e, 1)?.reshape(&[f2 / 2, d])?)?,
                 ))
             }
-            Experts::PerExpert { gate_up, down } => Ok((gate_up[e].clone(), down[e].clone())),
+            Experts::PerExpert { gate_up, down, .. } => Ok((gate_up[e].clone(), down[e].clone())),
         }
     }
 
@@ -73,7 +107,16 @@ impl Experts {
             gate_up.push(convert(&gu)?);
             down.push(convert(&dn)?);
         }
-        Ok(Experts::PerExpert { gate_up, down })
+        Ok(Experts::per_expert(gate_up, down))
+    }
+
+    /// Per-expert linear pairs (`d -> 2f` and `f -> d`), not yet stacked.
+    pub fn per_expert(gate_up: Vec<Linear>, down: Vec<Linear>) -> Experts {
+        Experts::PerExpert {
+            gate_up,
+            down,
+            stacked: Fp8Stack::default(),
+        }
     }
 }
 
@@ -192,20 +235,38 @@ impl Moe {
         }
         // Fused experts in the compute dtype after the fused routing: the grouped expert kernels
         // (gate_up + SwiGLU, down + weight + shared + fixed-order combine) over the sorted slots.
-        if let (Some((routed, kind)), Experts::Fused { gate_up, down }) = (&fused, &self.experts)
-            && gate_up.dtype() == x.dtype()
-        {
-            let shared = self.shared.as_ref().map(|s| s.forward(x)).transpose()?;
+        // Row-wise FP8 experts likewise, through the FP8 kernels (activations bounded as
+        // `Fp8Linear` bounds them).
+        if let Some((routed, kind)) = &fused {
             let weight_on = match kind {
                 RouteKind::Llama4 => WeightOn::Input,
                 RouteKind::SoftmaxTopK { .. } => WeightOn::Output,
             };
-            let output = moe_experts(x, routed, gate_up, down, weight_on, shared.as_ref())?;
-            return Ok(MoeOutput {
-                output,
-                router_logits,
-                routing,
-            });
+            let shared = || self.shared.as_ref().map(|s| s.forward(x)).transpose();
+            let output = match &self.experts {
+                Experts::Fused { gate_up, down } if gate_up.dtype() == x.dtype() => {
+                    Some(moe_experts(x, routed, gate_up, down, weight_on, shared()?.as_ref())?)
+                }
+                Experts::PerExpert { gate_up, down, stacked } => match stacked.get(gate_up, down)? {
+                    Some(w) => Some(fp8_moe_experts(
+                        x,
+                        routed,
+                        w,
+                        weight_on,
+                        shared()?.as_ref(),
+                        Some(ACTIVATION_SCALE_UB),
+                    )?),
+                    None => None,
+                },
+                Experts::Fused { .. } => None,
+            };
+            if let Some(output) = output {
+                return Ok(MoeOutput {
+                    output,
+                    router_logits,
+                    routing,
+                });
+            }
         }
         // Assignment indices grouped by expert, in expert order.
         let mut by_expert: Vec<Vec<usize>> = vec![Vec::new(); n_experts];
