@@ -16,7 +16,9 @@ What it times (bf16 unless stated; every case catches its own failure and report
   mul -> torch.mul, topk -> torch.topk, vector_add -> torch.add, moe_route -> torch's eager
   routing (topk, sigmoid, bincount, cumsum, stable argsort), attention_decode and causal
   attention_prefill -> scaled_dot_product_attention (default backend, enable_gqa), chunked
-  attention_prefill -> the FlexAttention case of its shape (below). Without --criterion results the
+  attention_prefill -> the FlexAttention case of its shape (below), moe_block_grouped(_fp8) -> the
+  MoE block in torch (topk routing, sorted rows, torch._grouped_mm or torch._scaled_grouped_mm with
+  row-wise scales, silu * up, shared expert). Without --criterion results the
   Scout GEMM table (the same one benches/src/shapes.rs derives from the preset) is used;
 * torch._scaled_mm in FP8 e4m3 with row-wise scales (per token x per output channel, bf16 out,
   inputs already quantized, use_fast_accum=False) at every GEMM shape l4 benched (the peer of
@@ -452,9 +454,107 @@ def peer_for(entry, results: Results, weights: dict):
 
         results.run("torch eager routing", f"{function} {value}", make, bytes_=t * e * size + 4 * (3 * t + 2 * e + 1),
                     l4_id=l4_id)
+    elif op in ("moe_block_grouped", "moe_block_grouped_fp8"):
+        t, d, f, e = dims(value)
+        fp8 = op.endswith("fp8")
+
+        def make():
+            key = ("moe", e, d, f, fp8)
+            if key not in weights:
+                weights.clear()
+                torch.cuda.empty_cache()
+                weights[key] = moe_weights(e, d, f, fp8)
+            w = weights[key]
+            x = randn(t, d)
+            logits = randn(t, e)
+            block = moe_block_fp8 if fp8 else moe_block_bf16
+            block(x, logits, w)  # fails here, not in the timer, when the torch lacks the op
+            return lambda: block(x, logits, w)
+
+        # The same FLOPs and unique bytes as l4's entry (benches/benches/kernels/moe_experts.rs):
+        # top-1 routed plus shared SwiGLU; chosen experts' weights once, the shared expert's, x, out.
+        used = min(e, t)  # at most; the l4 entry counts its routing's distinct experts
+        wbytes = 1 if fp8 else 2
+        peer = "torch._scaled_grouped_mm" if fp8 else "torch._grouped_mm"
+        results.run(f"{peer} MoE block", f"{function} {value}", make, flops=2 * t * 3 * d * f * 2,
+                    bytes_=used * 3 * d * f * wbytes + 3 * d * f * 2 + 2 * t * d * 2, l4_id=l4_id,
+                    flop_key="fp8_flops" if fp8 else "bf16_flops")
     else:
         return False
     return True
+
+
+def moe_weights(e, d, f, fp8):
+    """Routed experts `[e, n, k]` (nn.Linear layout, multiplied through transposed views, as
+    torch's grouped GEMMs want the second operand column-major) and the shared expert, bf16; FP8
+    experts quantized per output channel."""
+    torch = TORCH
+    w = {"shared_gate_up": randn(2 * f, d) / math.sqrt(d), "shared_down": randn(d, f) / math.sqrt(f)}
+    for name, n, k in [("gate_up", 2 * f, d), ("down", d, f)]:
+        if not fp8:
+            w[name] = randn(e, n, k) / math.sqrt(k)
+            continue
+        codes, scales = [], []
+        for _ in range(e):  # one expert at a time keeps the bf16 temporaries small
+            one = randn(n, k) / math.sqrt(k)
+            s = one.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / 448.0
+            codes.append((one.float() / s).to(torch.float8_e4m3fn))
+            scales.append(s.view(1, n))
+        w[name] = torch.stack(codes)
+        w[name + "_scale"] = torch.cat(scales)  # [e, n]
+    return w
+
+
+def moe_route_sorted(x, logits):
+    """Llama 4's routing as torch writes it: top-1, sigmoid weight on the input, slots sorted by
+    expert; returns (sorted inputs, sort order, int32 end offsets)."""
+    torch = TORCH
+    e = logits.shape[1]
+    vals, idx = torch.topk(logits, 1, dim=-1)
+    xin = x * torch.sigmoid(vals.float()).to(x.dtype)
+    flat = idx.flatten()
+    order = torch.argsort(flat, stable=True)
+    offs = torch.cumsum(torch.bincount(flat, minlength=e), 0).to(torch.int32)
+    return xin[order], order, offs
+
+
+def moe_unsort(y, order, x, w):
+    """Rows back in token order plus the shared expert (three bf16 GEMMs)."""
+    torch = TORCH
+    out = torch.empty_like(y)
+    out[order] = y
+    f = w["shared_down"].shape[1]
+    p = x @ w["shared_gate_up"].t()
+    return out + (torch.nn.functional.silu(p[:, :f]) * p[:, f:]) @ w["shared_down"].t()
+
+
+def moe_block_bf16(x, logits, w):
+    torch = TORCH
+    xs, order, offs = moe_route_sorted(x, logits)
+    f = w["down"].shape[2]
+    p = torch._grouped_mm(xs, w["gate_up"].transpose(-2, -1), offs=offs, out_dtype=torch.bfloat16)
+    h = torch.nn.functional.silu(p[:, :f]) * p[:, f:]
+    y = torch._grouped_mm(h, w["down"].transpose(-2, -1), offs=offs, out_dtype=torch.bfloat16)
+    return moe_unsort(y, order, x, w)
+
+
+def quantize_rows(a):
+    s = a.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12, max=1200.0) / 448.0
+    return (a.float() / s).clamp(-448.0, 448.0).to(TORCH.float8_e4m3fn), s.view(-1)
+
+
+def moe_block_fp8(x, logits, w):
+    torch = TORCH
+    xs, order, offs = moe_route_sorted(x, logits)
+    f = w["down"].shape[2]
+    a8, sa = quantize_rows(xs)
+    p = torch._scaled_grouped_mm(a8, w["gate_up"].transpose(-2, -1), sa, w["gate_up_scale"], offs=offs,
+                                 out_dtype=torch.bfloat16)
+    h = torch.nn.functional.silu(p[:, :f]) * p[:, f:]
+    h8, sh = quantize_rows(h)
+    y = torch._scaled_grouped_mm(h8, w["down"].transpose(-2, -1), sh, w["down_scale"], offs=offs,
+                                 out_dtype=torch.bfloat16)
+    return moe_unsort(y, order, x, w)
 
 
 # ---------------------------------------------------------------------------------------------
