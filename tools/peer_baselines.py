@@ -18,7 +18,7 @@ What it times (bf16 unless stated; every case catches its own failure and report
   attention_prefill -> scaled_dot_product_attention (default backend, enable_gqa), chunked
   attention_prefill -> the FlexAttention case of its shape (below), moe_block_grouped(_fp8) -> the
   MoE block in torch (topk routing, sorted rows, torch._grouped_mm or torch._scaled_grouped_mm with
-  row-wise scales, silu * up, shared expert). Without --criterion results the
+  row-wise scales, silu * up, shared expert; timed last). Without --criterion results the
   Scout GEMM table (the same one benches/src/shapes.rs derives from the preset) is used;
 * torch._scaled_mm in FP8 e4m3 with row-wise scales (per token x per output channel, bf16 out,
   inputs already quantized, use_fast_accum=False) at every GEMM shape l4 benched (the peer of
@@ -454,12 +454,27 @@ def peer_for(entry, results: Results, weights: dict):
 
         results.run("torch eager routing", f"{function} {value}", make, bytes_=t * e * size + 4 * (3 * t + 2 * e + 1),
                     l4_id=l4_id)
-    elif op in ("moe_block_grouped", "moe_block_grouped_fp8"):
+    else:
+        return False
+    return True
+
+
+def moe_block_cases(results: Results, entries):
+    """Peers of l4's MoE block entries, last (their weights are the largest: Maverick's bf16
+    experts are 32 GB), so they cannot take the time budget from the other peers."""
+    torch = TORCH
+    weights = {}
+    for entry in entries:
+        group = str(entry.get("group_id", ""))
+        op = group.split("/", 1)[1] if "/" in group else group
+        if op not in ("moe_block_grouped", "moe_block_grouped_fp8"):
+            continue
+        function, value, l4_id = entry.get("function_id") or "", entry.get("value_str") or "", entry.get("full_id")
         t, d, f, e = dims(value)
         fp8 = op.endswith("fp8")
 
-        def make():
-            key = ("moe", e, d, f, fp8)
+        def make(t=t, d=d, f=f, e=e, fp8=fp8):
+            key = (e, d, f, fp8)
             if key not in weights:
                 weights.clear()
                 torch.cuda.empty_cache()
@@ -468,20 +483,18 @@ def peer_for(entry, results: Results, weights: dict):
             x = randn(t, d)
             logits = randn(t, e)
             block = moe_block_fp8 if fp8 else moe_block_bf16
-            block(x, logits, w)  # fails here, not in the timer, when the torch lacks the op
+            block(x, logits, w)  # fails here, not in the timer, when this torch lacks the op
             return lambda: block(x, logits, w)
 
-        # The same FLOPs and unique bytes as l4's entry (benches/benches/kernels/moe_experts.rs):
-        # top-1 routed plus shared SwiGLU; chosen experts' weights once, the shared expert's, x, out.
-        used = min(e, t)  # at most; the l4 entry counts its routing's distinct experts
+        # l4's FLOPs (top-1 routed plus shared SwiGLU) and bytes (chosen experts' weights once, at
+        # most min(e, t) of them, the shared expert's, x and the output).
         wbytes = 1 if fp8 else 2
         peer = "torch._scaled_grouped_mm" if fp8 else "torch._grouped_mm"
         results.run(f"{peer} MoE block", f"{function} {value}", make, flops=2 * t * 3 * d * f * 2,
-                    bytes_=used * 3 * d * f * wbytes + 3 * d * f * 2 + 2 * t * d * 2, l4_id=l4_id,
+                    bytes_=min(e, t) * 3 * d * f * wbytes + 3 * d * f * 2 + 2 * t * d * 2, l4_id=l4_id,
                     flop_key="fp8_flops" if fp8 else "bf16_flops")
-    else:
-        return False
-    return True
+    weights.clear()
+    torch.cuda.empty_cache()
 
 
 def moe_weights(e, d, f, fp8):
@@ -886,6 +899,7 @@ def main(argv=None):
     link_flex_to_l4(results, entries)
     grouped_mm_cases(results)
     scaled_mm_cases(results, gemm_shapes)
+    moe_block_cases(results, entries)
 
     payload["results"] = results.rows
     payload["seconds"] = time.monotonic() - START
