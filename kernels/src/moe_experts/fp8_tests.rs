@@ -379,11 +379,8 @@ fn fp8_cuda_matches_the_reference_bitwise_reproducibly() {
         let (x, shared) = (on(&p.x), p.shared.as_ref().map(on));
         let h = fp8_gate_up_swiglu(&x, &routed, &experts, p.weight_on, None).unwrap();
         let h_again = fp8_gate_up_swiglu(&x, &routed, &experts, p.weight_on, None).unwrap();
-        assert_eq!(
-            h.to_f32_vec().unwrap(),
-            h_again.to_f32_vec().unwrap(),
-            "{context}: h not reproducible"
-        );
+        let bits = |t: &Tensor| t.to_f32_vec().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&h), bits(&h_again), "{context}: h not reproducible");
         let xs = gather_inputs(&p.x, &p.routed, p.weight_on, k).unwrap();
         let (a, _) = quantized_rows(&xs);
         let (hb, _) = h_bounds(&p, &a);
@@ -393,7 +390,6 @@ fn fp8_cuda_matches_the_reference_bitwise_reproducibly() {
 
         let out = fp8_down_combine(&h, &routed, &experts, p.weight_on, shared.as_ref(), None).unwrap();
         let out_again = fp8_down_combine(&h, &routed, &experts, p.weight_on, shared.as_ref(), None).unwrap();
-        let bits = |t: &Tensor| t.to_f32_vec().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&out), bits(&out_again), "{context}: out not reproducible");
         let h_host = h.to_device(Device::Cpu).unwrap();
         let out_want = fp8_down_combine(&h_host, &p.routed, &p.experts, p.weight_on, p.shared.as_ref(), None).unwrap();

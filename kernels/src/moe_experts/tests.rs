@@ -229,6 +229,11 @@ fn out_bounds(p: &Problem, h_exact: &[f64], h_bound: &[f64], roundings: usize) -
         .collect()
 }
 
+/// The elements' bits (through f32, which every float dtype widens to exactly).
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.to_f32_vec().unwrap().iter().map(|v| v.to_bits()).collect()
+}
+
 fn check(got: &Tensor, want: &Tensor, bound: &[f64], context: &str) {
     let (got, want) = (got.to_f32_vec().unwrap(), want.to_f32_vec().unwrap());
     assert_eq!(got.len(), want.len(), "{context}");
@@ -348,31 +353,14 @@ fn cuda_matches_the_reference_bitwise_reproducibly() {
         let (hb, hx, _) = h_bounds(&p);
         let h = gate_up_swiglu(&x, &routed, &gu, p.weight_on).unwrap();
         let h_again = gate_up_swiglu(&x, &routed, &gu, p.weight_on).unwrap();
-        assert_eq!(
-            h.to_vec::<u8>().ok(),
-            h_again.to_vec::<u8>().ok(),
-            "{context}: h not reproducible"
-        );
+        assert_eq!(bits(&h), bits(&h_again), "{context}: h not reproducible");
         let h_want = gate_up_swiglu(&p.x, &p.routed, &p.gate_up, p.weight_on).unwrap();
         let twice: Vec<f64> = hb.iter().map(|b| 2.0 * b).collect();
         check(&h, &h_want, &twice, &format!("{context}: h"));
 
         let out = down_combine(&h, &routed, &dn, p.weight_on, shared.as_ref()).unwrap();
         let out_again = down_combine(&h, &routed, &dn, p.weight_on, shared.as_ref()).unwrap();
-        assert_eq!(
-            out.to_f32_vec()
-                .unwrap()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect::<Vec<_>>(),
-            out_again
-                .to_f32_vec()
-                .unwrap()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect::<Vec<_>>(),
-            "{context}: out not reproducible"
-        );
+        assert_eq!(bits(&out), bits(&out_again), "{context}: out not reproducible");
         let h_host = h.to_device(Device::Cpu).unwrap();
         let h_kernel: Vec<f64> = h_host.to_f32_vec().unwrap().into_iter().map(f64::from).collect();
         let out_want = down_combine(&h_host, &p.routed, &p.down, p.weight_on, p.shared.as_ref()).unwrap();
