@@ -395,7 +395,9 @@ def peer_for(entry, results: Results, weights: dict):
             return lambda: torch.topk(x, k, dim=-1)
 
         results.run("torch.topk", f"{function} {value}", make, bytes_=r * c * size + r * k * (size + 8), l4_id=l4_id)
-    elif op == "attention_decode":
+    elif op in ("attention_decode", "attention_decode_paged"):
+        if "_chunk" in function:
+            return False  # a chunked layer's decode reads one chunk, not the context in its id
         b, h, hk, s_len, dh = dims(value)
 
         def make():
@@ -414,7 +416,7 @@ def peer_for(entry, results: Results, weights: dict):
         size_kv = 2 * b * hk * s_len * dh * size + 2 * b * h * dh * size
         results.run("SDPA default", f"decode {value}", make, flops=4 * b * h * s_len * dh, bytes_=size_kv,
                     l4_id=l4_id)
-    elif op == "attention_prefill":
+    elif op in ("attention_prefill", "attention_prefill_paged"):
         if "_chunk" in function:
             return False  # FlexAttention's chunked case is its peer (linked after it runs)
         b, h, hk, t, dh = dims(value)
@@ -777,18 +779,20 @@ def flex_cases(results: Results, peaks, reserve):
 
 
 def link_flex_to_l4(results: Results, entries):
-    """Marks each FlexAttention row as the peer of l4's chunked prefill entry of its shape."""
+    """Marks each FlexAttention row as the peer of l4's chunked prefill entry (contiguous or paged) of
+    its shape."""
     for entry in entries:
         group, function = str(entry.get("group_id", "")), str(entry.get("function_id") or "")
-        if not group.endswith("attention_prefill") or f"_chunk{CHUNK}" not in function:
+        if not group.endswith(("attention_prefill", "attention_prefill_paged")) or f"_chunk{CHUNK}" not in function:
             continue
         try:
             b, h, hk, t, dh = dims(entry.get("value_str") or "")
         except ValueError:
             continue
         for row in results.rows:
+            # One l4 entry per row: the first of a shape (16K has a contiguous and a paged one).
             if row.get("op", "").startswith("FlexAttention") and row.get("shape") == [b, h, hk, t, t, dh]:
-                row["l4_id"] = entry.get("full_id")
+                row.setdefault("l4_id", entry.get("full_id"))
 
 
 # ---------------------------------------------------------------------------------------------
