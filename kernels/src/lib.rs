@@ -216,8 +216,12 @@ pub const PAGED_KV: KernelSource =
 
 /// Llama 4's attention prologue in one pass: RoPE, the weightless QK-norm and the query
 /// temperature, written head-major (see `qk_prologue/qk_prologue.cu`).
-pub const QK_PROLOGUE: KernelSource =
-    kernel_source!("qk_prologue", "qk_prologue/qk_prologue.cu", DEFAULT_ARCHS, TensorCoreClass::None);
+pub const QK_PROLOGUE: KernelSource = kernel_source!(
+    "qk_prologue",
+    "qk_prologue/qk_prologue.cu",
+    DEFAULT_ARCHS,
+    TensorCoreClass::None
+);
 
 /// Every kernel source, in the order `check-kernels` reports them.
 pub const KERNELS: &[KernelSource] = &[
