@@ -268,6 +268,77 @@ mod paged {
         }
     }
 
+    /// A step of several tokens whose rows straddle a chunk boundary: each row sees its own
+    /// chunk only, as if it were decoded alone over its window's keys.
+    #[test]
+    fn rows_straddling_a_chunk_boundary_use_their_own_windows() {
+        let seed = fresh_seed();
+        let mut rng = Rng(seed);
+        for device in devices("rows_straddling_a_chunk_boundary_use_their_own_windows") {
+            let (b, hk, g, tq, dh, chunk) = (2, 2, 2, 4, 64, 16);
+            let dtype = [DType::F32, DType::BF16][rng.below(2)];
+            let on = |t: &Tensor| t.to_dtype(dtype).unwrap().to_device(device).unwrap();
+            let k_start = 5 + rng.below(10); // mid-chunk, in the previous chunk
+            let q_start = 2 * chunk - 2; // rows at 30, 31 | 32, 33
+            let keys = q_start + tq - k_start;
+            let q = random(&[b, hk, g * tq, dh], &mut rng);
+            let k = random(&[b, hk, keys, dh], &mut rng);
+            let v = random(&[b, hk, keys, dh], &mut rng);
+            let cache = paged_from(&on(&k), &on(&v), k_start, 4, &mut rng);
+            let scale = (dh as f64).powf(-0.5);
+            let shape = PagedDecodeShape {
+                tq,
+                q_start,
+                chunk: Some(chunk),
+                scale,
+            };
+            let got = paged_decode_attention(&on(&q), &cache, shape)
+                .unwrap()
+                .to_f64_vec()
+                .unwrap();
+            let cpu = |t: &Tensor| t.to_dtype(dtype).unwrap();
+            for ti in 0..tq {
+                let pos = q_start + ti;
+                let window = pos - pos % chunk;
+                // Row ti of every head of the group: rows gi·tq + ti.
+                let rows: Vec<Tensor> = (0..g).map(|gi| q.narrow(2, gi * tq + ti, 1).unwrap()).collect();
+                let q_one = crate::ops::cat(&rows.iter().collect::<Vec<_>>(), 2).unwrap();
+                let kw = k.narrow(2, window - k_start, pos + 1 - window).unwrap();
+                let vw = v.narrow(2, window - k_start, pos + 1 - window).unwrap();
+                let one = DecodeShape {
+                    tq: 1,
+                    q_start: pos,
+                    k_start: window,
+                    scale,
+                };
+                let (q_one, kw, vw) = (
+                    cpu(&q_one),
+                    cpu(&kw).contiguous().unwrap(),
+                    cpu(&vw).contiguous().unwrap(),
+                );
+                let want = reference::decode_attention(&q_one, &kw, &vw, one)
+                    .unwrap()
+                    .to_f64_vec()
+                    .unwrap();
+                let tol = if device.is_cuda() {
+                    bound(&q_one, &kw, &vw, scale, dtype)
+                } else {
+                    Tolerance::exact()
+                };
+                // got [b, hk, g·tq, dh] → the rows of token ti.
+                let mut picked = Vec::new();
+                for group in 0..b * hk {
+                    for gi in 0..g {
+                        let row = group * g * tq + gi * tq + ti;
+                        picked.extend_from_slice(&got[row * dh..(row + 1) * dh]);
+                    }
+                }
+                let context = format!("seed {seed}, {device}, {dtype}, token {ti} at {pos}, keys from {k_start}");
+                assert_close(&picked, &want, tol, &context).unwrap();
+            }
+        }
+    }
+
     #[test]
     fn a_sequence_decodes_the_same_in_any_batch() {
         let seed = fresh_seed();
