@@ -109,6 +109,11 @@ impl LayerCache {
         }
     }
 
+    /// Bytes the layer's pool has allocated (blocks in use or free).
+    pub fn bytes_reserved(&self) -> usize {
+        self.paged.as_ref().map_or(0, PagedKv::bytes_reserved)
+    }
+
     /// Every held key and value `[b, hk, s, dh]`, contiguous, with the position of the first
     /// (for the generic attention path).
     pub fn keys_and_values(&self) -> Result<Option<(Tensor, Tensor, usize)>> {
@@ -166,6 +171,11 @@ impl KvCache {
     /// Bytes of keys and values held per layer, in whole blocks.
     pub fn bytes_per_layer(&self) -> Vec<usize> {
         self.layers.iter().map(LayerCache::bytes_held).collect()
+    }
+
+    /// Bytes each layer's pool has allocated, blocks in use or free.
+    pub fn bytes_reserved_per_layer(&self) -> Vec<usize> {
+        self.layers.iter().map(LayerCache::bytes_reserved).collect()
     }
 }
 

@@ -73,6 +73,7 @@ fn run(device: Device, preset_name: &str, dtype: DType, contexts: &[usize]) -> R
         }
         let step_ms = started.elapsed().as_secs_f64() * 1e3 / STEPS as f64;
         let held = cache.bytes_per_layer();
+        let reserved = cache.bytes_reserved_per_layer();
         let position = cache.position();
         let mut report = format!(
             "long_context {device} {preset_name} {dtype}: context {position}, decode step {step_ms:.2} ms (batch 1, {STEPS} steps)"
@@ -82,10 +83,12 @@ fn run(device: Device, preset_name: &str, dtype: DType, contexts: &[usize]) -> R
                 .filter(|&i| matches!(spec.layers[i].span, Span::Chunked(_)) == chunked)
                 .collect();
             let bytes: usize = layers.iter().map(|&i| held[i]).sum();
+            let pools: usize = layers.iter().map(|&i| reserved[i]).sum();
             report += &format!(
-                "; {} {kind} layers hold {:.1} MiB, {:.1} B per token of context per layer",
+                "; {} {kind} layers hold {:.1} MiB (pools {:.1} MiB), {:.1} B per token of context per layer",
                 layers.len(),
                 bytes as f64 / (1 << 20) as f64,
+                pools as f64 / (1 << 20) as f64,
                 bytes as f64 / layers.len().max(1) as f64 / position as f64
             );
             if chunked {

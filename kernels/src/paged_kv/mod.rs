@@ -9,8 +9,10 @@
 //! Appends write only the new tokens ([`PagedKv::append`]: the `kv_write` kernel on CUDA, byte
 //! copies on the CPU); [`PagedKv::release_before`] hands whole blocks below a position back to
 //! the pool, which is how chunked layers keep only the live chunk; the pool grows by blocks when
-//! the free list runs out (global layers), copying the old pool once per growth (capacity at
-//! least doubles, so the copies are O(n) over a decode, not O(n²)).
+//! the free list runs out (global layers), copying the old pool once per growth. It grows by at
+//! least a quarter (and 16 blocks), so the copies add up to at most 5× the final pool over a
+//! decode, not O(n²), while the capacity overshoots what is held by at most a quarter (doubling
+//! would reserve up to twice a 1M-token global layer's 4 GiB).
 //!
 //! The attention kernels read K/V through the block table (`attention_decode::paged_*`,
 //! `attention_prefill::paged_*`); [`PagedKv::gather`] makes the contiguous `[B, HK, S, DH]`
@@ -34,6 +36,9 @@ const OP: &str = "paged_kv";
 
 /// Token slots per block unless a caller picks another power of two.
 pub const DEFAULT_BLOCK_SIZE: usize = 64;
+
+/// The fewest blocks a growing pool adds.
+const MIN_GROWTH_BLOCKS: usize = 16;
 
 /// Where the pool's bytes live.
 enum Pool {
@@ -251,6 +256,11 @@ impl PagedKv {
         2 * self.batch * self.blocks_per_sequence() * self.block_elems() * self.dtype.size_in_bytes()
     }
 
+    /// Bytes of keys and values the pool has allocated, blocks in use or free.
+    pub fn bytes_reserved(&self) -> usize {
+        2 * self.capacity * self.block_elems() * self.dtype.size_in_bytes()
+    }
+
     /// The block tables, one row per sequence.
     pub fn tables(&self) -> &[Vec<u32>] {
         &self.tables
@@ -329,7 +339,7 @@ impl PagedKv {
         if blocks_needed > 0 {
             let short = (blocks_needed * self.batch).saturating_sub(self.free.len());
             if short > 0 {
-                self.grow_to((self.capacity + short).max(2 * self.capacity))?;
+                self.grow_to(self.capacity + short.max(self.capacity / 4).max(MIN_GROWTH_BLOCKS))?;
             }
             for table in &mut self.tables {
                 for _ in 0..blocks_needed {

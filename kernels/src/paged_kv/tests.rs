@@ -170,3 +170,24 @@ fn compiles_for_every_declared_arch_without_spills() {
         assert_eq!(compiled.spill_bytes(), 0, "{}", compiled.log);
     }
 }
+
+/// A growing pool reserves at most a quarter (or 16 blocks) more than it holds.
+#[test]
+fn growth_overshoots_by_at_most_a_quarter() {
+    let mut cache = PagedKv::new(1, 1, 2, 1, DType::F32, Device::Cpu).unwrap();
+    let k = Tensor::zeros(&[1, 1, 1, 2], DType::F32, Device::Cpu).unwrap();
+    let mut growths = 0;
+    for pos in 0..3000 {
+        let before = cache.capacity_blocks();
+        cache.append(&k, &k, pos).unwrap();
+        growths += usize::from(cache.capacity_blocks() != before);
+        let held = cache.blocks_per_sequence();
+        assert!(
+            cache.capacity_blocks() <= (held + held / 4).max(held + 16),
+            "{held} held, {} reserved",
+            cache.capacity_blocks()
+        );
+    }
+    // Geometric growth: a few dozen copies of the pool, not one per block.
+    assert!(growths < 30, "{growths} growths over 3000 blocks");
+}
