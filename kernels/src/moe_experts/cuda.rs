@@ -23,6 +23,8 @@ pub const DECODE_MAX_SLOTS: usize = 64;
 /// Output columns per CTA: h columns of gate_up (64 gate + 64 up in the B tile), d columns of down.
 const GATE_UP_COLS: usize = 64;
 const DOWN_COLS: usize = 128;
+/// The k-tile of the tensor-core kernels (`ME_BK`).
+const K_TILE: usize = 32;
 /// Threads per block of the elementwise-shaped kernels (gather, scalar GEMMs, combine).
 const THREADS: u32 = 256;
 
@@ -236,13 +238,29 @@ pub fn down_combine(
     let shared = shared.map(contiguous).transpose()?;
     let shared_b = shared.as_ref().map(|s| contiguous_bytes(s, OP, "shared")).transpose()?;
     let mut out = alloc_poisoned_in_tests(&backend, OP, h.dtype(), t * d)?;
-    // One slot per token: the epilogue writes out[token] itself. Otherwise per-slot f32 rows,
-    // then the fixed-order combine.
-    let direct = k == 1;
+    let tensor_cores = uses_tensor_cores(h.dtype(), d, f) && aligned16(&down) && aligned16(&h);
+    let (config, name, splits, per_split) = if tensor_cores {
+        let (mut config, kind) = mma_config(d, DOWN_COLS, slots, e)?;
+        let ktiles = f.div_ceil(K_TILE);
+        let splits = match kind {
+            "decode" => down_splits(backend.info().sm_count, d.div_ceil(DOWN_COLS), e.min(slots), ktiles),
+            _ => 1,
+        };
+        let per_split = ktiles.div_ceil(splits);
+        let splits = ktiles.div_ceil(per_split); // no empty split
+        config.grid_dim.2 = splits as u32;
+        (config, format!("me_down_{dtype}_{kind}"), splits, per_split)
+    } else {
+        let config = grid_1d(&backend, slots * d, THREADS, 8);
+        (config, format!("me_down_scalar_{dtype}"), 1, 0)
+    };
+    // One slot per token and one split: the epilogue writes out[token] itself. Otherwise f32
+    // partial sums per (split, slot), then the fixed-order combine.
+    let direct = k == 1 && splits == 1;
     let mut slot_out = if direct {
         None
     } else {
-        Some(alloc_poisoned_in_tests(&backend, OP, DType::F32, slots * d)?)
+        Some(alloc_poisoned_in_tests(&backend, OP, DType::F32, splits * slots * d)?)
     };
     let (e32, s32, d32, f32_, k32) = (
         as_i32(e, "e")?,
@@ -252,16 +270,7 @@ pub fn down_combine(
         as_i32(k, "k")?,
     );
     let null: u64 = 0;
-    let tensor_cores = uses_tensor_cores(h.dtype(), d, f) && aligned16(&down) && aligned16(&h);
-    let (config, name) = if tensor_cores {
-        let (config, kind) = mma_config(d, DOWN_COLS, slots, e)?;
-        (config, format!("me_down_{dtype}_{kind}"))
-    } else {
-        (
-            grid_1d(&backend, slots * d, THREADS, 8),
-            format!("me_down_scalar_{dtype}"),
-        )
-    };
+    let per_split32 = as_i32(per_split, "k-tiles per split")?;
     let function = load_function(&backend, &MOE_EXPERTS, &name)?;
     let mut builder = backend.stream().launch_builder(&function);
     builder.arg(&hb).arg(&w).arg(&offset).arg(&e32);
@@ -283,13 +292,27 @@ pub fn down_combine(
     } else if let Some(slot_out) = slot_out.as_mut() {
         builder.arg(&null).arg(slot_out);
     }
+    if tensor_cores {
+        builder.arg(&s32).arg(&per_split32);
+    }
     // SAFETY: (h [S, f], w [e, f, d], offset [e+1], int e, [int S,] int f, d, sorted [S],
-    // weight [S] f32 or null, int k, shared [t, d] or null, out [t, d] or null, slot_out [S, d]
-    // f32 or null) as `me_down_*` declares; exactly one of out and slot_out is non-null; d and f
-    // are multiples of 8 on the tensor-core path.
+    // weight [S] f32 or null, int k, shared [t, d] or null, out [t, d] or null, slot_out
+    // [splits, S, d] f32 or null[, int S, k-tiles per split]) as `me_down_*` declares; exactly
+    // one of out and slot_out is non-null; d and f are multiples of 8 on the tensor-core path;
+    // grid z = splits, each with ≥ 1 of the ⌈f/32⌉ k-tiles.
     unsafe { builder.launch(config) }?;
     if let Some(slot_out) = slot_out {
-        combine(&backend, &slot_out, shared_b.as_ref(), &mut out, dtype, (t, k, d))?;
+        let out_weight = (weight_on == WeightOn::Output).then_some(&weight);
+        combine(
+            &backend,
+            &slot_out,
+            splits,
+            out_weight,
+            shared_b.as_ref(),
+            &mut out,
+            dtype,
+            (t, k, d),
+        )?;
     }
     output_tensor(out, h.dtype(), backend.info().ordinal, &[t, d])
 }
@@ -430,38 +453,75 @@ pub fn fp8_down_combine(
     } else if let Some(slot_out) = slot_out.as_mut() {
         builder.arg(&null).arg(slot_out);
     }
+    let s32 = as_i32(slots, "slots")?;
+    builder.arg(&s32);
     // SAFETY: (hq [S, f] e4m3, hscale [S], w [e, d, f] e4m3, wscale [e, d], offset [e+1], int e,
     // f, d, sorted [S], weight [S] or null, int k, shared [t, d] or null, out [t, d] or null,
-    // slot_out [S, d] f32 or null) as `me_fp8_down_*` declares; exactly one of out and slot_out
-    // is non-null; v16 only when f % 16 == 0.
+    // slot_out [S, d] f32 or null, int S) as `me_fp8_down_*` declares; exactly one of out and
+    // slot_out is non-null; v16 only when f % 16 == 0.
     unsafe { builder.launch(fp8_config(d, slots, e)?) }?;
     if let Some(slot_out) = slot_out {
-        combine(&backend, &slot_out, shared_b.as_ref(), &mut out, dname, (t, k, d))?;
+        let out_weight = (weight_on == WeightOn::Output).then_some(&weight);
+        combine(
+            &backend,
+            &slot_out,
+            1,
+            out_weight,
+            shared_b.as_ref(),
+            &mut out,
+            dname,
+            (t, k, d),
+        )?;
     }
     output_tensor(out, dtype, backend.info().ordinal, &[t, d])
 }
 
-/// `out [t, d] = round(shared + Σ_j slot_out[t·k + j])` in slot order (`me_combine_*`).
+/// `out [t, d] = round(shared + Σ_j y[t·k + j])` in slot order, `y_s = (Σ_z slot_out[z][s])·w_s`
+/// in split order (`me_combine_*`); `slot_out [splits, S, d]` f32.
+#[allow(clippy::too_many_arguments)]
 fn combine(
     backend: &CudaBackend,
     slot_out: &CudaSlice<u8>,
+    splits: usize,
+    out_weight: Option<&CudaView<'_, u8>>,
     shared: Option<&CudaView<'_, u8>>,
     out: &mut CudaSlice<u8>,
     dtype: &str,
     (t, k, d): (usize, usize, usize),
 ) -> Result<()> {
     let function = load_function(backend, &MOE_EXPERTS, &format!("me_combine_{dtype}"))?;
-    let (t32, k32, d32) = (as_i32(t, "t")?, as_i32(k, "k")?, as_i32(d, "d")?);
+    let (splits32, t32, k32, d32) = (
+        as_i32(splits, "splits")?,
+        as_i32(t, "t")?,
+        as_i32(k, "k")?,
+        as_i32(d, "d")?,
+    );
     let null: u64 = 0;
     let mut builder = backend.stream().launch_builder(&function);
-    builder.arg(slot_out);
+    builder.arg(slot_out).arg(&splits32);
+    match out_weight {
+        Some(w) => builder.arg(w),
+        None => builder.arg(&null),
+    };
     match shared {
         Some(s) => builder.arg(s),
         None => builder.arg(&null),
     };
     builder.arg(out).arg(&t32).arg(&k32).arg(&d32);
-    // SAFETY: (slot_out [S, d] f32, shared [t, d] or null, out [t, d], int t, k, d) as
-    // `me_combine_*` declares.
+    // SAFETY: (slot_out [splits, S, d] f32, int splits, weight [S] f32 or null, shared [t, d] or
+    // null, out [t, d], int t, k, d) as `me_combine_*` declares.
     unsafe { builder.launch(grid_1d(backend, t * d, THREADS, 8)) }?;
     Ok(())
+}
+
+/// Splits of the down projection's reduction for a decode step: enough CTAs for about two per
+/// SM when the busy (expert, m-block) tiles, at most `busy_tiles`, times the column blocks are
+/// fewer than the SMs; at most one split per k-tile.
+fn down_splits(sm_count: usize, column_blocks: usize, busy_tiles: usize, ktiles: usize) -> usize {
+    let ctas = (column_blocks * busy_tiles).max(1);
+    if ctas >= sm_count {
+        1
+    } else {
+        (2 * sm_count).div_ceil(ctas).min(ktiles).max(1)
+    }
 }

@@ -7,10 +7,16 @@
 //   2. me_gate_up_*: h[r] = round(silu(xs[r]·Wg) ⊙ (xs[r]·Wu)) [S, f]; each CTA's B tile holds
 //      matching gate and up columns, so SwiGLU runs on the accumulators and the [S, 2f]
 //      projection never reaches memory.
-//   3. me_down_*: y = (h[r]·Wd)·w_out; with one expert per token the epilogue writes
-//      out[token] = round(shared[token] + y) directly (each token has exactly one row, no race);
-//      with k > 1 it writes y in f32 per slot and
-//   4. me_combine_*: out[t] = round(shared[t] + y[t·k] + … + y[t·k + k − 1]), in slot order.
+//   3. me_down_*: y = (h[r]·Wd)·w_out; with one expert per token and no split of the reduction
+//      the epilogue writes out[token] = round(shared[token] + y) directly (each token has exactly
+//      one row, no race); otherwise it writes the f32 partial sums h[r]·Wd per (split, slot) and
+//   4. me_combine_*: y_s = (Σ_z partial[z][s])·w_out[s] in split order, then
+//      out[t] = round(shared[t] + y[t·k] + … + y[t·k + k − 1]) in slot order.
+//
+// Decode steps read few columns per expert, so the down projection (d/128 column blocks, 40 at
+// d 5120) would leave most SMs idle: the host splits its reduction over f into a few contiguous
+// ranges (grid z), each CTA streaming its own slice of the weights once; the combine adds the
+// partials in split order, so the sum stays deterministic.
 //
 // Determinism: no atomics, every output written by one thread, a fixed summation order (the
 // mma k-order within a CTA, then slot order), so results are bitwise identical run to run.
@@ -137,17 +143,18 @@ ME_GATHER(me_gather_f16, 2)
 
 // ---- the shared epilogue of the down projection ----
 
-// y = acc·w_out[slot]; direct (k = 1): out[token] = round(shared[token] + y); else y per slot.
+// Direct (k = 1, one split): out[token] = round(shared[token] + acc·w_out[slot]). Otherwise the
+// partial sum acc of split z for this slot, unweighted: slot_out [splits, slots, n] f32.
 template <int DT>
 L4_DEVICE void me_down_store(float acc, int slot, int k, int col, int n, const float* __restrict__ out_weight,
                              const typename MeElem<DT>::T* __restrict__ shared, typename MeElem<DT>::T* __restrict__ out,
-                             float* __restrict__ slot_out) {
-    const float y = out_weight ? acc * me_weight<DT>(out_weight, slot) : acc;
+                             float* __restrict__ slot_out, int z, int slots) {
     if (out) {
+        const float y = out_weight ? acc * me_weight<DT>(out_weight, slot) : acc;
         const i64 at = (i64)(slot / k) * n + col;
         MeElem<DT>::store(out, at, shared ? MeElem<DT>::load(shared, at) + y : y);
     } else {
-        slot_out[(i64)slot * n + col] = y;
+        slot_out[((i64)z * slots + slot) * n + col] = acc;
     }
 }
 
@@ -203,7 +210,7 @@ L4_DEVICE void me_gemm(const unsigned short* __restrict__ a, const unsigned shor
                        const int* __restrict__ offset, int experts, int K, int N, unsigned short* __restrict__ h_out,
                        const int* __restrict__ sorted, const float* __restrict__ out_weight, int k_slots,
                        const unsigned short* __restrict__ shared, unsigned short* __restrict__ out,
-                       float* __restrict__ slot_out) {
+                       float* __restrict__ slot_out, int slots, int ktiles_per_split) {
     constexpr int DT = BF16 ? 1 : 2;
     constexpr int BM = 16 * MT * WM;
     constexpr int BN = 8 * NT * WN;  // B-tile columns
@@ -260,10 +267,12 @@ L4_DEVICE void me_gemm(const unsigned short* __restrict__ a, const unsigned shor
 #pragma unroll
             for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
 
-    const int ktiles = (K + ME_BK - 1) / ME_BK;
+    // This CTA's k-tiles: split blockIdx.z of the reduction (the whole of it without a split).
+    const int kt_begin = blockIdx.z * ktiles_per_split;
+    const int ktiles = min((K + ME_BK - 1) / ME_BK - kt_begin, ktiles_per_split);
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < ktiles) load_stage(s, s * ME_BK);
+        if (s < ktiles) load_stage(s, (kt_begin + s) * ME_BK);
         me_cp_commit();
     }
     for (int kt = 0; kt < ktiles; ++kt) {
@@ -271,7 +280,7 @@ L4_DEVICE void me_gemm(const unsigned short* __restrict__ a, const unsigned shor
         me_cp_wait<STAGES - 2>();
         __syncthreads();
         const int next = kt + STAGES - 1;
-        if (next < ktiles) load_stage(next % STAGES, next * ME_BK);
+        if (next < ktiles) load_stage(next % STAGES, (kt_begin + next) * ME_BK);
         me_cp_commit();
         const int st = kt % STAGES;
 #pragma unroll
@@ -317,9 +326,10 @@ L4_DEVICE void me_gemm(const unsigned short* __restrict__ a, const unsigned shor
                 for (int nt = 0; nt < NT; ++nt) {
                     const int col = n0 + wn * NT * 8 + nt * 8 + (lane & 3) * 2;
                     if (col >= N) continue;
-                    me_down_store<DT>(acc[mt][nt][2 * half], slot, k_slots, col, N, out_weight, shared, out, slot_out);
+                    me_down_store<DT>(acc[mt][nt][2 * half], slot, k_slots, col, N, out_weight, shared, out, slot_out,
+                                      blockIdx.z, slots);
                     me_down_store<DT>(acc[mt][nt][2 * half + 1], slot, k_slots, col + 1, N, out_weight, shared, out,
-                                      slot_out);
+                                      slot_out, blockIdx.z, slots);
                 }
             }
         }
@@ -336,7 +346,7 @@ L4_DEVICE void me_gemm(const unsigned short* __restrict__ a, const unsigned shor
                                                                const int* offset, int experts, int d, int f,     \
                                                                unsigned short* h) {                              \
         me_gemm<BF16, SHAPE, true>(xs, w, offset, experts, d, f, h, nullptr, nullptr, 1, nullptr, nullptr,        \
-                                   nullptr);                                                                     \
+                                   nullptr, 0, 1 << 30);                                                         \
     }
 ME_GATE_UP(me_gate_up_bf16_wide, true, ME_WIDE, 128)
 ME_GATE_UP(me_gate_up_f16_wide, false, ME_WIDE, 128)
@@ -347,9 +357,9 @@ ME_GATE_UP(me_gate_up_f16_decode, false, ME_DECODE, 128)
     extern "C" __global__ void __launch_bounds__(THREADS)                                                        \
         NAME(const unsigned short* h, const unsigned short* w, const int* offset, int experts, int f, int d,     \
              const int* sorted, const float* out_weight, int k, const unsigned short* shared,                    \
-             unsigned short* out, float* slot_out) {                                                             \
+             unsigned short* out, float* slot_out, int slots, int ktiles_per_split) {                            \
         me_gemm<BF16, SHAPE, false>(h, w, offset, experts, f, d, nullptr, sorted, out_weight, k, shared, out,    \
-                                    slot_out);                                                                   \
+                                    slot_out, slots, ktiles_per_split);                                          \
     }
 ME_DOWN(me_down_bf16_wide, true, ME_WIDE, 128)
 ME_DOWN(me_down_f16_wide, false, ME_WIDE, 128)
@@ -394,7 +404,7 @@ L4_DEVICE void me_down_scalar(const typename MeElem<DT>::T* __restrict__ h, cons
         float acc = 0.0f;
         for (int kk = 0; kk < f; ++kk)
             acc = fmaf(MeElem<DT>::load(h, (i64)r * f + kk), MeElem<DT>::load(we, (i64)kk * d + c), acc);
-        me_down_store<DT>(acc, sorted[r], k, c, d, out_weight, shared, out, slot_out);
+        me_down_store<DT>(acc, sorted[r], k, c, d, out_weight, shared, out, slot_out, 0, slots);
     }
 }
 
@@ -414,23 +424,31 @@ ME_SCALAR(me_gate_up_scalar_f16, me_down_scalar_f16, 2)
 
 // ---- 4. the fixed-order combine for k > 1 ----
 
+// slot_out [splits, slots, d] f32 partial sums; slots = tokens·k.
 template <int DT>
-L4_DEVICE void me_combine(const float* __restrict__ slot_out, const typename MeElem<DT>::T* __restrict__ shared,
-                          typename MeElem<DT>::T* __restrict__ out, int tokens, int k, int d) {
+L4_DEVICE void me_combine(const float* __restrict__ slot_out, int splits, const float* __restrict__ out_weight,
+                          const typename MeElem<DT>::T* __restrict__ shared, typename MeElem<DT>::T* __restrict__ out,
+                          int tokens, int k, int d) {
     const i64 total = (i64)tokens * d;
+    const i64 slots = (i64)tokens * k;
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
         const i64 t = i / d;
         const int c = (int)(i % d);
         float sum = shared ? MeElem<DT>::load(shared, i) : 0.0f;
-        for (int j = 0; j < k; ++j) sum += slot_out[(t * k + j) * d + c];
+        for (int j = 0; j < k; ++j) {
+            const int slot = (int)(t * k + j);
+            float y = 0.0f;
+            for (int z = 0; z < splits; ++z) y += slot_out[(z * slots + slot) * d + c];
+            sum += out_weight ? y * me_weight<DT>(out_weight, slot) : y;
+        }
         MeElem<DT>::store(out, i, sum);
     }
 }
 
 #define ME_COMBINE(NAME, DT)                                                                                     \
-    extern "C" __global__ void NAME(const float* slot_out, const MeElem<DT>::T* shared, MeElem<DT>::T* out,       \
-                                    int tokens, int k, int d) {                                                  \
-        me_combine<DT>(slot_out, shared, out, tokens, k, d);                                                     \
+    extern "C" __global__ void NAME(const float* slot_out, int splits, const float* out_weight,                  \
+                                    const MeElem<DT>::T* shared, MeElem<DT>::T* out, int tokens, int k, int d) { \
+        me_combine<DT>(slot_out, splits, out_weight, shared, out, tokens, k, d);                                 \
     }
 ME_COMBINE(me_combine_f32, 0)
 ME_COMBINE(me_combine_bf16, 1)
@@ -527,7 +545,7 @@ L4_DEVICE void me_fp8_down(const l4_fp8* __restrict__ hq, const float* __restric
                            const l4_fp8* __restrict__ w, const float* __restrict__ wscale,
                            const int* __restrict__ offset, int experts, int f, int d, const int* __restrict__ sorted,
                            const float* __restrict__ out_weight, int k, const typename MeElem<DT>::T* __restrict__ shared,
-                           typename MeElem<DT>::T* __restrict__ out, float* __restrict__ slot_out) {
+                           typename MeElem<DT>::T* __restrict__ out, float* __restrict__ slot_out, int slots) {
     int expert, row0, row1;
     if (!me_find_tile(offset, experts, ME_FP8_ROWS, blockIdx.x, expert, row0, row1)) return;
     const int c = blockIdx.y * ME_FP8_WARPS + (threadIdx.x >> 5);
@@ -544,7 +562,7 @@ L4_DEVICE void me_fp8_down(const l4_fp8* __restrict__ hq, const float* __restric
         if (r >= rows) break;
         const float y = l4_warp_sum(acc[r]) * hscale[row0 + r] * sw;
         if ((threadIdx.x & 31) == 0)
-            me_down_store<DT>(y, sorted[row0 + r], k, c, d, out_weight, shared, out, slot_out);
+            me_down_store<DT>(y, sorted[row0 + r], k, c, d, out_weight, shared, out, slot_out, 0, slots);
     }
 }
 
@@ -557,9 +575,9 @@ L4_DEVICE void me_fp8_down(const l4_fp8* __restrict__ hq, const float* __restric
     extern "C" __global__ void __launch_bounds__(ME_FP8_WARPS * 32)                                              \
         DN(const l4_fp8* hq, const float* hscale, const l4_fp8* w, const float* wscale, const int* offset,       \
            int experts, int f, int d, const int* sorted, const float* out_weight, int k,                         \
-           const MeElem<DT>::T* shared, MeElem<DT>::T* out, float* slot_out) {                                   \
+           const MeElem<DT>::T* shared, MeElem<DT>::T* out, float* slot_out, int slots) {                        \
         me_fp8_down<DT, VEC>(hq, hscale, w, wscale, offset, experts, f, d, sorted, out_weight, k, shared, out,   \
-                             slot_out);                                                                          \
+                             slot_out, slots);                                                                   \
     }
 ME_FP8(me_fp8_gate_up_f32_v16, me_fp8_down_f32_v16, 0, 16)
 ME_FP8(me_fp8_gate_up_bf16_v16, me_fp8_down_bf16_v16, 1, 16)

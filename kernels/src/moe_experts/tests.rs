@@ -329,6 +329,7 @@ fn cuda_matches_the_reference_bitwise_reproducibly() {
         (DType::BF16, 1, 64, 64, 16, 1),     // decode shape, one token
         (DType::BF16, 37, 128, 96, 8, 1),    // decode shape (37 slots)
         (DType::F16, 40, 64, 72, 4, 2),      // decode shape, k = 2 (combine kernel)
+        (DType::BF16, 3, 512, 1000, 4, 1),   // decode, down split over f (2 k-tiles a split, a K tail)
         (DType::BF16, 300, 136, 200, 16, 1), // wide shape, ragged segments and K tails
         (DType::F16, 130, 64, 40, 5, 3),     // wide shape, k = 3
         (DType::BF16, 20, 30, 14, 3, 2),     // scalar path (sizes not multiples of 8)
