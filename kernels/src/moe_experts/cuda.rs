@@ -1,10 +1,10 @@
-//! The CUDA launchers of `moe_experts.cu`: gather, gate_up + SwiGLU, down + combine.
+//! The CUDA launchers of `moe_experts.cu`: gather, gate_up + SwiGLU, down + combine (the FP8
+//! experts' launchers are in `fp8_cuda.rs`).
 
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 use l4_core::cuda::CudaBackend;
 use l4_core::{DType, Device, Error, Result, Tensor};
 
-use super::fp8::Fp8Experts;
 use super::{ExpertShape, OP, WeightOn};
 use crate::gather::cuda::{alloc_poisoned_in_tests, empty_output};
 use crate::launch::{backend_of, contiguous_bytes, grid_1d, output_tensor};
@@ -28,7 +28,7 @@ const K_TILE: usize = 32;
 /// Threads per block of the elementwise-shaped kernels (gather, scalar GEMMs, combine).
 const THREADS: u32 = 256;
 
-fn dtype_name(dtype: DType) -> Result<&'static str> {
+pub(super) fn dtype_name(dtype: DType) -> Result<&'static str> {
     match dtype {
         DType::F32 => Ok("f32"),
         DType::BF16 => Ok("bf16"),
@@ -47,16 +47,16 @@ pub fn uses_tensor_cores(dtype: DType, d: usize, f: usize) -> bool {
 }
 
 /// Whether a tensor's first element sits on a 16-byte boundary (a view may start anywhere).
-fn aligned16(t: &Tensor) -> bool {
+pub(super) fn aligned16(t: &Tensor) -> bool {
     (t.layout().offset() * t.dtype().size_in_bytes()).is_multiple_of(16)
 }
 
-fn as_i32(value: usize, what: &str) -> Result<i32> {
+pub(super) fn as_i32(value: usize, what: &str) -> Result<i32> {
     i32::try_from(value).map_err(|_| Error::invalid(OP, format!("{what} = {value} exceeds the kernel's 32-bit sizes")))
 }
 
 /// Column blocks on the grid's y axis (at most 65535).
-fn column_blocks(cols: usize, block: usize) -> Result<u32> {
+pub(super) fn column_blocks(cols: usize, block: usize) -> Result<u32> {
     let blocks = cols.div_ceil(block);
     u32::try_from(blocks).ok().filter(|&b| b <= 65535).ok_or_else(|| {
         Error::invalid(
@@ -317,169 +317,10 @@ pub fn down_combine(
     output_tensor(out, h.dtype(), backend.info().ordinal, &[t, d])
 }
 
-/// The FP8 kernels' grid: one warp per output column, `ME_FP8_WARPS` per CTA, and the tile
-/// bound of [`mma_config`] with 16-row tiles.
-fn fp8_config(cols: usize, slots: usize, experts: usize) -> Result<LaunchConfig> {
-    Ok(LaunchConfig {
-        grid_dim: (
-            (slots.div_ceil(FP8_ROWS) + experts.min(slots)) as u32,
-            column_blocks(cols, FP8_WARPS)?,
-            1,
-        ),
-        block_dim: (FP8_WARPS as u32 * 32, 1, 1),
-        shared_mem_bytes: 0,
-    })
-}
-
-/// Output columns (warps) per CTA and rows per tile of the FP8 kernels (`ME_FP8_WARPS`,
-/// `ME_FP8_ROWS`).
-const FP8_WARPS: usize = 8;
-const FP8_ROWS: usize = 16;
-
-/// 16-byte loads when rows of `k` codes stay 16-byte aligned in every operand, else byte loads.
-fn fp8_vec(k: usize, operands: &[&Tensor]) -> &'static str {
-    if k.is_multiple_of(16) && operands.iter().all(|t| aligned16(t)) {
-        "v16"
-    } else {
-        "v1"
-    }
-}
-
-/// See [`super::reference::fp8_gate_up`]; the operands are checked and non-empty.
-pub fn fp8_gate_up(
-    xq: &Tensor,
-    xscale: &Tensor,
-    w: &Fp8Experts,
-    routed: &RoutedTokens,
-    dtype: DType,
-    shape: ExpertShape,
-) -> Result<Tensor> {
-    let ExpertShape { t, d, f, e, k } = shape;
-    let slots = t * k;
-    let backend = backend_of(xq, OP)?;
-    let (gate_up, scales) = (contiguous(&w.gate_up)?, contiguous(&w.gate_up_scales)?);
-    let vec = fp8_vec(d, &[&gate_up, xq]);
-    let function = load_function(
-        &backend,
-        &MOE_EXPERTS,
-        &format!("me_fp8_gate_up_{}_{vec}", dtype_name(dtype)?),
-    )?;
-    let (xq_b, xs_b) = (contiguous_bytes(xq, OP, "xq")?, contiguous_bytes(xscale, OP, "xscale")?);
-    let (w_b, ws_b) = (
-        contiguous_bytes(&gate_up, OP, "gate_up")?,
-        contiguous_bytes(&scales, OP, "gate_up_scales")?,
-    );
-    let offset = contiguous_bytes(&routed.expert_offset, OP, "expert_offset")?;
-    let mut h = alloc_poisoned_in_tests(&backend, OP, dtype, slots * f)?;
-    let (e32, d32, f32_) = (as_i32(e, "e")?, as_i32(d, "d")?, as_i32(f, "f")?);
-    let mut builder = backend.stream().launch_builder(&function);
-    builder
-        .arg(&xq_b)
-        .arg(&xs_b)
-        .arg(&w_b)
-        .arg(&ws_b)
-        .arg(&offset)
-        .arg(&e32)
-        .arg(&d32)
-        .arg(&f32_)
-        .arg(&mut h);
-    // SAFETY: (xq [S, d] e4m3, xscale [S] f32, w [e, 2f, d] e4m3, wscale [e, 2f] f32, offset
-    // [e+1], int e, d, f, h [S, f]) as `me_fp8_gate_up_*` declares; v16 only when d % 16 == 0.
-    unsafe { builder.launch(fp8_config(f, slots, e)?) }?;
-    output_tensor(h, dtype, backend.info().ordinal, &[slots, f])
-}
-
-/// See [`super::reference::fp8_down_combine`]; the operands are checked and non-empty.
-#[allow(clippy::too_many_arguments)]
-pub fn fp8_down_combine(
-    hq: &Tensor,
-    hscale: &Tensor,
-    w: &Fp8Experts,
-    routed: &RoutedTokens,
-    weight_on: WeightOn,
-    shared: Option<&Tensor>,
-    dtype: DType,
-    shape: ExpertShape,
-) -> Result<Tensor> {
-    let ExpertShape { t, d, f, e, k } = shape;
-    let slots = t * k;
-    let backend = backend_of(hq, OP)?;
-    let dname = dtype_name(dtype)?;
-    let (down, scales) = (contiguous(&w.down)?, contiguous(&w.down_scales)?);
-    let vec = fp8_vec(f, &[&down, hq]);
-    let function = load_function(&backend, &MOE_EXPERTS, &format!("me_fp8_down_{dname}_{vec}"))?;
-    let (hq_b, hs_b) = (contiguous_bytes(hq, OP, "hq")?, contiguous_bytes(hscale, OP, "hscale")?);
-    let (w_b, ws_b) = (
-        contiguous_bytes(&down, OP, "down")?,
-        contiguous_bytes(&scales, OP, "down_scales")?,
-    );
-    let offset = contiguous_bytes(&routed.expert_offset, OP, "expert_offset")?;
-    let sorted = contiguous_bytes(&routed.sorted_slots, OP, "sorted_slots")?;
-    let weight = contiguous(&routed.topk_weight)?;
-    let weight = contiguous_bytes(&weight, OP, "topk_weight")?;
-    let shared = shared.map(contiguous).transpose()?;
-    let shared_b = shared.as_ref().map(|s| contiguous_bytes(s, OP, "shared")).transpose()?;
-    let mut out = alloc_poisoned_in_tests(&backend, OP, dtype, t * d)?;
-    let direct = k == 1;
-    let mut slot_out = if direct {
-        None
-    } else {
-        Some(alloc_poisoned_in_tests(&backend, OP, DType::F32, slots * d)?)
-    };
-    let (e32, d32, f32_, k32) = (as_i32(e, "e")?, as_i32(d, "d")?, as_i32(f, "f")?, as_i32(k, "k")?);
-    let null: u64 = 0;
-    let mut builder = backend.stream().launch_builder(&function);
-    builder
-        .arg(&hq_b)
-        .arg(&hs_b)
-        .arg(&w_b)
-        .arg(&ws_b)
-        .arg(&offset)
-        .arg(&e32)
-        .arg(&f32_)
-        .arg(&d32)
-        .arg(&sorted);
-    match weight_on {
-        WeightOn::Output => builder.arg(&weight),
-        WeightOn::Input => builder.arg(&null),
-    };
-    builder.arg(&k32);
-    match (&shared_b, direct) {
-        (Some(s), true) => builder.arg(s),
-        _ => builder.arg(&null),
-    };
-    if direct {
-        builder.arg(&mut out).arg(&null);
-    } else if let Some(slot_out) = slot_out.as_mut() {
-        builder.arg(&null).arg(slot_out);
-    }
-    let s32 = as_i32(slots, "slots")?;
-    builder.arg(&s32);
-    // SAFETY: (hq [S, f] e4m3, hscale [S], w [e, d, f] e4m3, wscale [e, d], offset [e+1], int e,
-    // f, d, sorted [S], weight [S] or null, int k, shared [t, d] or null, out [t, d] or null,
-    // slot_out [S, d] f32 or null, int S) as `me_fp8_down_*` declares; exactly one of out and
-    // slot_out is non-null; v16 only when f % 16 == 0.
-    unsafe { builder.launch(fp8_config(d, slots, e)?) }?;
-    if let Some(slot_out) = slot_out {
-        let out_weight = (weight_on == WeightOn::Output).then_some(&weight);
-        combine(
-            &backend,
-            &slot_out,
-            1,
-            out_weight,
-            shared_b.as_ref(),
-            &mut out,
-            dname,
-            (t, k, d),
-        )?;
-    }
-    output_tensor(out, dtype, backend.info().ordinal, &[t, d])
-}
-
 /// `out [t, d] = round(shared + Σ_j y[t·k + j])` in slot order, `y_s = (Σ_z slot_out[z][s])·w_s`
 /// in split order (`me_combine_*`); `slot_out [splits, S, d]` f32.
 #[allow(clippy::too_many_arguments)]
-fn combine(
+pub(super) fn combine(
     backend: &CudaBackend,
     slot_out: &CudaSlice<u8>,
     splits: usize,

@@ -185,7 +185,7 @@ pub fn fp8_gate_up_swiglu(
     let (xq, xscale) = quantize_rows(&xs, activation_bound)?;
     match x.device() {
         Device::Cpu => super::reference::fp8_gate_up(&xq, &xscale, w, routed, x.dtype(), shape),
-        Device::Cuda(_) => super::cuda::fp8_gate_up(&xq, &xscale, w, routed, x.dtype(), shape),
+        Device::Cuda(_) => super::fp8_cuda::fp8_gate_up(&xq, &xscale, w, routed, x.dtype(), shape),
     }
 }
 
@@ -231,7 +231,9 @@ pub fn fp8_down_combine(
     let (hq, hscale) = quantize_rows(h, activation_bound)?;
     match h.device() {
         Device::Cpu => super::reference::fp8_down_combine(&hq, &hscale, w, routed, weight_on, shared, h.dtype(), shape),
-        Device::Cuda(_) => super::cuda::fp8_down_combine(&hq, &hscale, w, routed, weight_on, shared, h.dtype(), shape),
+        Device::Cuda(_) => {
+            super::fp8_cuda::fp8_down_combine(&hq, &hscale, w, routed, weight_on, shared, h.dtype(), shape)
+        }
     }
 }
 

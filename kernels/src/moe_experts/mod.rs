@@ -21,6 +21,7 @@
 
 pub mod cuda;
 pub mod fp8;
+pub mod fp8_cuda;
 #[cfg(test)]
 mod fp8_tests;
 pub mod reference;
