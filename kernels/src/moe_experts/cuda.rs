@@ -66,6 +66,20 @@ pub(super) fn column_blocks(cols: usize, block: usize) -> Result<u32> {
     })
 }
 
+/// An upper bound on the (expert, m-block) tiles of `slots` rows over `experts` segments of
+/// `rows`-row blocks: `Σ_e ⌈c_e / rows⌉ ≤ ⌈S / rows⌉ + (experts with a row)`. The CTAs past the
+/// real count exit at once.
+pub(super) fn tile_bound(slots: usize, experts: usize, rows: usize) -> usize {
+    slots.div_ceil(rows) + experts.min(slots)
+}
+
+/// The split of `ktiles` k-tiles into about `wanted` contiguous ranges, none empty:
+/// `(splits, k-tiles per split)`.
+pub(super) fn split_ktiles(ktiles: usize, wanted: usize) -> (usize, usize) {
+    let per_split = ktiles.div_ceil(wanted.max(1)).max(1);
+    (ktiles.div_ceil(per_split), per_split)
+}
+
 /// The tensor-core grid: (column blocks, an upper bound on the (expert, m-block) tiles).
 fn mma_config(cols: usize, col_block: usize, slots: usize, experts: usize) -> Result<(LaunchConfig, &'static str)> {
     let (rows, shape) = if slots <= DECODE_MAX_SLOTS {
@@ -73,8 +87,7 @@ fn mma_config(cols: usize, col_block: usize, slots: usize, experts: usize) -> Re
     } else {
         (WIDE_ROWS, "wide")
     };
-    // Σ_e ceil(c_e / BM) ≤ ceil(S / BM) + (experts with a token); the extra CTAs exit at once.
-    let tiles = slots.div_ceil(rows) + experts.min(slots);
+    let tiles = tile_bound(slots, experts, rows);
     let config = LaunchConfig {
         grid_dim: (tiles as u32, column_blocks(cols, col_block)?, 1),
         block_dim: (MMA_THREADS, 1, 1),
@@ -246,8 +259,7 @@ pub fn down_combine(
             "decode" => down_splits(backend.info().sm_count, d.div_ceil(DOWN_COLS), e.min(slots), ktiles),
             _ => 1,
         };
-        let per_split = ktiles.div_ceil(splits);
-        let splits = ktiles.div_ceil(per_split); // no empty split
+        let (splits, per_split) = split_ktiles(ktiles, splits);
         config.grid_dim.2 = splits as u32;
         (config, format!("me_down_{dtype}_{kind}"), splits, per_split)
     } else {
@@ -358,7 +370,7 @@ pub(super) fn combine(
 /// Splits of the down projection's reduction for a decode step: enough CTAs for about two per
 /// SM when the busy (expert, m-block) tiles, at most `busy_tiles`, times the column blocks are
 /// fewer than the SMs; at most one split per k-tile.
-fn down_splits(sm_count: usize, column_blocks: usize, busy_tiles: usize, ktiles: usize) -> usize {
+pub(super) fn down_splits(sm_count: usize, column_blocks: usize, busy_tiles: usize, ktiles: usize) -> usize {
     let ctas = (column_blocks * busy_tiles).max(1);
     if ctas >= sm_count {
         1

@@ -3,7 +3,7 @@
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use l4_core::{DType, Result, Tensor};
 
-use super::cuda::{aligned16, as_i32, column_blocks, combine, dtype_name};
+use super::cuda::{aligned16, as_i32, column_blocks, combine, dtype_name, tile_bound};
 use super::fp8::Fp8Experts;
 use super::{ExpertShape, OP, WeightOn};
 use crate::gather::cuda::alloc_poisoned_in_tests;
@@ -17,7 +17,7 @@ use crate::{MOE_EXPERTS, load_function};
 fn fp8_config(cols: usize, slots: usize, experts: usize) -> Result<LaunchConfig> {
     Ok(LaunchConfig {
         grid_dim: (
-            (slots.div_ceil(FP8_ROWS) + experts.min(slots)) as u32,
+            tile_bound(slots, experts, FP8_ROWS) as u32,
             column_blocks(cols, FP8_WARPS)?,
             1,
         ),

@@ -262,6 +262,21 @@ fn sizes() -> impl Strategy<Value = (usize, usize, usize, usize, usize, bool, u6
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
+    /// The launch grid covers every (expert, m-block) tile the device-side schedule finds, for
+    /// any counts (empty experts included), and a split reduction has no empty range.
+    #[test]
+    fn grids_cover_the_schedule(counts in proptest::collection::vec(0usize..300, 1..130), ktiles in 1usize..300, wanted in 1usize..300) {
+        let slots: usize = counts.iter().sum();
+        for rows in [16, 64] {
+            let needed: usize = counts.iter().map(|c| c.div_ceil(rows)).sum();
+            prop_assert!(needed <= super::cuda::tile_bound(slots, counts.len(), rows));
+        }
+        let (splits, per) = super::cuda::split_ktiles(ktiles, wanted);
+        prop_assert!(splits >= 1 && splits <= ktiles && (splits - 1) * per < ktiles && splits * per >= ktiles);
+        let chosen = super::cuda::down_splits(132, 40, counts.len().min(slots), ktiles);
+        prop_assert!(chosen >= 1 && chosen <= ktiles);
+    }
+
     /// The reference equals the plain-op composition (both f32 here, so each is within the
     /// derived bound of the exact block and they are within twice of each other).
     #[test]
