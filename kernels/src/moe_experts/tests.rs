@@ -95,14 +95,18 @@ fn composed(p: &Problem) -> Tensor {
     let weights = p.routed.topk_weight.to_f32_vec().unwrap();
     let mut rows = Vec::new();
     for token in 0..p.t {
-        let index = Tensor::from_vec(vec![token as i64], &[1], Device::Cpu).unwrap();
+        let device = p.x.device();
+        let index = Tensor::from_vec(vec![token as i64], &[1], Device::Cpu)
+            .unwrap()
+            .to_device(device)
+            .unwrap();
         let mut sum = match &p.shared {
             Some(s) => ops::index_select(s, 0, &index).unwrap(),
-            None => Tensor::zeros(&[1, p.d], p.dtype, Device::Cpu).unwrap(),
+            None => Tensor::zeros(&[1, p.d], p.dtype, device).unwrap(),
         };
         for j in 0..p.k {
             let (e, w) = (experts[token * p.k + j] as usize, weights[token * p.k + j]);
-            let w = Tensor::from_f32_vec(vec![w], &[1, 1], p.dtype, Device::Cpu).unwrap();
+            let w = Tensor::from_f32_vec(vec![w], &[1, 1], p.dtype, device).unwrap();
             let mut xt = ops::index_select(&p.x, 0, &index).unwrap(); // [1, d]
             if p.weight_on == WeightOn::Input {
                 xt = ops::mul(&xt, &w).unwrap();
@@ -304,6 +308,21 @@ proptest! {
     }
 }
 
+/// The bound between the block (reference or kernels) and the plain-op composition: the
+/// composition also rounds g, u and silu(g) into the dtype, which moves its h by at most
+/// `2·u(dtype)·(sensitivity + |h|)`, and rounds y, the weighted y and each partial sum (k + 2
+/// roundings in the combine); the block's own bound covers the other side.
+fn composed_bound(p: &Problem) -> Vec<f64> {
+    let (hb, hx, sens) = h_bounds(p);
+    let ud = p.dtype.unit_roundoff();
+    let hb_composed: Vec<f64> = (0..hb.len())
+        .map(|i| hb[i] + 2.0 * ud * (sens[i] + hx[i].abs()))
+        .collect();
+    let ours = out_bounds(p, &hx, &hb, 1);
+    let theirs = out_bounds(p, &hx, &hb_composed, p.k + 2);
+    ours.iter().zip(&theirs).map(|(a, b)| a + b).collect()
+}
+
 #[test]
 fn bf16_reference_is_within_the_bound_of_plain_ops() {
     let seed = fresh_seed();
@@ -313,25 +332,16 @@ fn bf16_reference_is_within_the_bound_of_plain_ops() {
     {
         let p = problem(DType::BF16, t, d, f, e, k, case % 2 == 0, seed + case as u64);
         let got = moe_experts(&p.x, &p.routed, &p.gate_up, &p.down, p.weight_on, p.shared.as_ref()).unwrap();
-        // The composition also rounds g, u and silu(g) into bf16, which moves its h by at most
-        // 2·u(bf16)·(sensitivity + |h|), and rounds y, the weighted y and each partial sum (k + 2
-        // roundings in the combine); the reference's own bound covers the other side.
         let want = composed(&p);
-        let (hb, hx, sens) = h_bounds(&p);
-        let ub = DType::BF16.unit_roundoff();
-        let hb_composed: Vec<f64> = (0..hb.len())
-            .map(|i| hb[i] + 2.0 * ub * (sens[i] + hx[i].abs()))
-            .collect();
-        let ours = out_bounds(&p, &hx, &hb, 1);
-        let theirs = out_bounds(&p, &hx, &hb_composed, k + 2);
-        let bound: Vec<f64> = ours.iter().zip(&theirs).map(|(a, b)| a + b).collect();
+        let bound = composed_bound(&p);
         check(&got, &want, &bound, &format!("bf16 seed {seed} case {case}"));
     }
 }
 
 /// The CUDA kernels against the reference: `h` within twice its bound, `out` from the kernel's
 /// own `h` within twice the down bound (identical inputs), the whole block within twice the
-/// full bound; every launch twice with identical bits.
+/// full bound and within the composition bound of the plain-op block on the device; every
+/// launch twice with identical bits.
 #[test]
 fn cuda_matches_the_reference_bitwise_reproducibly() {
     let Some(backend) = gpu_with_nvrtc_or_skip("moe_experts cuda_matches_the_reference") else {
@@ -391,6 +401,28 @@ fn cuda_matches_the_reference_bitwise_reproducibly() {
         let block_want = moe_experts(&p.x, &p.routed, &p.gate_up, &p.down, p.weight_on, p.shared.as_ref()).unwrap();
         let block_bound: Vec<f64> = out_bounds(&p, &hx, &hb, 1).into_iter().map(|b| 2.0 * b).collect();
         check(&block, &block_want, &block_bound, &format!("{context}: block"));
+
+        // The whole block against the same block composed from plain ops on the device
+        // (cuBLASLt GEMMs, elementwise kernels).
+        let on_device = Problem {
+            dtype,
+            weight_on: p.weight_on,
+            t,
+            d,
+            f,
+            k,
+            x: x.clone(),
+            gate_up: gu.clone(),
+            down: dn.clone(),
+            shared: shared.clone(),
+            routed: routed.clone(),
+        };
+        check(
+            &block,
+            &composed(&on_device),
+            &composed_bound(&p),
+            &format!("{context}: plain ops"),
+        );
     }
 }
 
