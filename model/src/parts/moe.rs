@@ -29,7 +29,9 @@ pub enum Experts {
         gate_up: Vec<Linear>,
         /// Per expert: `f -> d`.
         down: Vec<Linear>,
-        /// The same weights stacked for the grouped FP8 kernels, made on first use on a GPU.
+        /// The same weights stacked for the grouped FP8 kernels, made on first use on a GPU
+        /// (from the linears as they are then: new linears need new `Experts`, see
+        /// [`Experts::per_expert`]).
         stacked: Fp8Stack,
     },
 }
