@@ -16,9 +16,9 @@ use crate::{MOE_EXPERTS, load_function};
 const MMA_THREADS: u32 = 128;
 /// Rows per CTA: the wide (prefill) shape and the decode shape.
 const WIDE_ROWS: usize = 64;
-const DECODE_ROWS: usize = 16;
-/// Steps of at most this many slots take the decode shape (every expert's tokens, up to 16 per
-/// CTA, share one pass over its weight columns).
+const DECODE_ROWS: usize = 64;
+/// Steps of at most this many slots take the decode shape (every expert's tokens, at most 64,
+/// share one pass over its weight columns).
 pub const DECODE_MAX_SLOTS: usize = 64;
 /// Output columns per CTA: h columns of gate_up (64 gate + 64 up in the B tile), d columns of down.
 const GATE_UP_COLS: usize = 64;

@@ -22,14 +22,16 @@
 // mma k-order within a CTA, then slot order), so results are bitwise identical run to run.
 //
 // Tensor-core path (bf16/f16, d and f multiples of 8): mma.sync m16n8k16 with f32 accumulation,
-// ldmatrix (.trans for the [k][n] weight tiles), a cp.async pipeline of ME_STAGES stages of
-// BK = 32. The tile schedule is computed on the device: CTA x-index i is the i-th (expert,
-// m-block) pair in expert order, found by a scan of the offsets (E ≤ 256), so no host sync is
-// needed; the grid's x extent is the bound ceil(S/BM) + min(E, S) and CTAs past the last tile
-// exit. The y index is the column block, so the CTAs that run together share weight tiles in L2. Two shapes: "wide" (BM 64, 2×2 warps) for prefill and "decode" (BM 16, 1×4 warps) for
-// steps of ≤ 64 slots, where each CTA streams a slice of one expert's weight columns once for
-// all of that expert's tokens (≤ 16 per m-block), so the bytes read are about the unique
-// expert weight bytes.
+// ldmatrix (.trans for the [k][n] weight tiles), a cp.async pipeline of 3 stages of BK = 32.
+// The tile schedule is computed on the device: CTA x-index i is the i-th (expert, m-block) pair
+// in expert order, found by a scan of the offsets (E ≤ 256), so no host sync is needed; the
+// grid's x extent is the bound ceil(S/BM) + min(E, S) and CTAs past the last tile exit. The y
+// index is the column block, so the CTAs that run together share weight tiles in L2. Two warp
+// layouts of a 64 × 128 tile: "wide" (2×2 warps of 32×64) for prefill and "decode" (1×4 warps
+// of 64×32) for steps of ≤ 64 slots, where no expert has more than 64 tokens: each CTA streams
+// a slice of one expert's weight columns once for all of that expert's tokens, so the bytes
+// read are the unique expert weight bytes (the padded rows cost tensor-core work, which a
+// memory-bound step has to spare).
 //
 // Scalar path (f32, or sizes not multiples of 8): one thread per output element, the same
 // epilogues, f32 accumulation in k order.
@@ -339,9 +341,9 @@ L4_DEVICE void me_gemm(const unsigned short* __restrict__ a, const unsigned shor
 }
 
 // Shapes: wide = BM 64 × BN 128 (2×2 warps of 32×64), 3 stages (41.5 KB of static smem);
-// decode = BM 16 × BN 128 (1×4 warps of 16×32), 4 stages (40 KB).
+// decode = BM 64 × BN 128 (1×4 warps of 64×32), 3 stages (41.5 KB).
 #define ME_WIDE 2, 2, 2, 8, 3
-#define ME_DECODE 1, 4, 1, 4, 4
+#define ME_DECODE 1, 4, 4, 4, 3
 
 #define ME_GATE_UP(NAME, BF16, SHAPE, THREADS)                                                               \
     extern "C" __global__ void __launch_bounds__(THREADS) NAME(const unsigned short* xs, const unsigned short* w, \
