@@ -190,9 +190,11 @@ impl Moe {
     /// As [`Moe::forward`], with the tokens' ids for strategies that route by id (`hash`).
     /// Tokens are grouped per expert so each expert runs one GEMM over its tokens and unchosen
     /// experts do no work; the outputs are gathered back per token and summed in assignment
-    /// order, the same order on every device. On a GPU, with the fused routing kernel and the
-    /// experts in HF's fused layout in the compute dtype, the grouped expert kernels
-    /// (`l4_kernels::moe_experts`) do all of this in three launches plus the shared expert.
+    /// order, the same order on every device. On a GPU, after the fused routing kernel, experts
+    /// in HF's fused layout in the compute dtype (or row-wise FP8 experts) run through the
+    /// grouped expert kernels (`l4_kernels::moe_experts`) instead: a gather and two grouped
+    /// GEMMs (plus a fixed-order combine when a token has several experts or the reduction is
+    /// split), the shared expert's output added in the last one.
     pub fn forward_with_ids(&self, x: &Tensor, token_ids: Option<&[i64]>) -> Result<MoeOutput> {
         let [n, d] = x.shape()[..] else {
             return Err(Error::BadShape {
