@@ -111,7 +111,7 @@ fn experts(source: &mut dyn WeightSource, names: &WeightNames, i: usize, [e, d, 
         let down_j = source.take_fp8(&names.expert_linear(i, j, "down_proj"), &[d, f])?;
         down.push(Linear::from_fp8(Fp8Linear::from_quantized(down_j)?));
     }
-    Ok(Experts::per_expert(gate_up, down))
+    Experts::per_expert(gate_up, down)
 }
 
 impl Llama4 {

@@ -1,14 +1,12 @@
 //! The MoE block: router, routed SwiGLU experts (only the chosen ones run), shared expert.
 
-use std::sync::{Arc, OnceLock};
-
 use l4_core::{Device, Error, Result, Tensor};
 use l4_kernels::moe_experts::{Fp8Experts, WeightOn, fp8_moe_experts, moe_experts};
 use l4_kernels::moe_routing::{MAX_EXPERTS, RouteKind, RoutedTokens, route};
 use l4_kernels::ops;
 use l4_kernels::quant::{Granularity, Quantized};
 
-use super::fp8::ACTIVATION_SCALE_UB;
+use super::fp8::{ACTIVATION_SCALE_UB, Fp8Linear};
 use super::linear::Linear;
 use super::mlp::SwiGlu;
 use super::router::{Assignment, Router, RouterInput, Routing, WeightPlacement};
@@ -29,40 +27,37 @@ pub enum Experts {
         gate_up: Vec<Linear>,
         /// Per expert: `f -> d`.
         down: Vec<Linear>,
-        /// The same weights stacked for the grouped FP8 kernels, made on first use on a GPU
-        /// (from the linears as they are then: new linears need new `Experts`, see
-        /// [`Experts::per_expert`]).
-        stacked: Fp8Stack,
+        /// Row-wise FP8 experts stacked for the grouped FP8 kernels; the linears above are then
+        /// views of these tensors, so the weights are held once. `None` when the experts are
+        /// not all FP8 with per-row or per-tensor scales (block-scaled or dequantized experts
+        /// keep the per-expert path).
+        stacked: Option<Box<Fp8Experts>>,
     },
 }
 
-/// Row-wise FP8 experts stacked for `moe_experts`' FP8 kernels, made once on first use (they
-/// double the experts' memory, so only a GPU forward makes them). `None` inside when the experts
-/// are not all FP8 with per-row or per-tensor scales (block-scaled or dequantized experts keep
-/// the per-expert path).
-#[derive(Clone, Debug, Default)]
-pub struct Fp8Stack(Arc<OnceLock<Option<Fp8Experts>>>);
+/// The weights of row-wise (or per-tensor) FP8 linears, or `None` when any linear is not one.
+fn row_wise_fp8(linears: &[Linear]) -> Option<Vec<Quantized>> {
+    linears
+        .iter()
+        .map(|l| {
+            l.as_fp8()
+                .map(|f| f.quantized())
+                .filter(|q| matches!(q.granularity, Granularity::PerRow | Granularity::PerTensor))
+                .cloned()
+        })
+        .collect()
+}
 
-impl Fp8Stack {
-    fn get(&self, gate_up: &[Linear], down: &[Linear]) -> Result<Option<&Fp8Experts>> {
-        if self.0.get().is_none() {
-            let row_wise = |l: &Linear| {
-                l.as_fp8()
-                    .map(|f| f.quantized())
-                    .filter(|q| matches!(q.granularity, Granularity::PerRow | Granularity::PerTensor))
-                    .cloned()
-            };
-            let gate_up: Option<Vec<Quantized>> = gate_up.iter().map(row_wise).collect();
-            let down: Option<Vec<Quantized>> = down.iter().map(row_wise).collect();
-            let stacked = match (gate_up, down) {
-                (Some(g), Some(d)) if !g.is_empty() => Some(Fp8Experts::from_per_expert(&g, &d)?),
-                _ => None,
-            };
-            // A concurrent first use may have set it already; either value is the same.
-            let _ = self.0.set(stacked);
-        }
-        Ok(self.0.get().and_then(Option::as_ref))
-    }
+/// Expert `i` of stacked codes `[e, n, k]` and scales `[e, n]` as a per-row FP8 linear
+/// `[n, k]` viewing the same storage.
+fn stacked_view(values: &Tensor, scales: &Tensor, i: usize) -> Result<Linear> {
+    let (n, k) = (values.shape()[1], values.shape()[2]);
+    let weight = Quantized {
+        values: values.narrow(0, i, 1)?.reshape(&[n, k])?,
+        scales: scales.narrow(0, i, 1)?.reshape(&[n, 1])?,
+        granularity: Granularity::PerRow,
+    };
+    Ok(Linear::from_fp8(Fp8Linear::from_quantized(weight)?))
 }
 
 impl Experts {
@@ -109,16 +104,39 @@ impl Experts {
             gate_up.push(convert(&gu)?);
             down.push(convert(&dn)?);
         }
-        Ok(Experts::per_expert(gate_up, down))
+        Experts::per_expert(gate_up, down)
     }
 
-    /// Per-expert linear pairs (`d -> 2f` and `f -> d`), not yet stacked.
-    pub fn per_expert(gate_up: Vec<Linear>, down: Vec<Linear>) -> Experts {
-        Experts::PerExpert {
+    /// Per-expert linear pairs (`d -> 2f` and `f -> d`). Row-wise FP8 experts are stacked
+    /// here, once, and the per-expert linears rebuilt as views of the stack (the separate
+    /// copies are dropped, so the experts' memory is not doubled).
+    pub fn per_expert(gate_up: Vec<Linear>, down: Vec<Linear>) -> Result<Experts> {
+        let stacked = match (row_wise_fp8(&gate_up), row_wise_fp8(&down)) {
+            (Some(g), Some(d)) if !g.is_empty() => Some(Box::new(Fp8Experts::from_per_expert(&g, &d)?)),
+            _ => None,
+        };
+        let Some(stack) = stacked else {
+            return Ok(Experts::PerExpert {
+                gate_up,
+                down,
+                stacked: None,
+            });
+        };
+        let (gate_up, down) = (0..gate_up.len())
+            .map(|i| {
+                Ok((
+                    stacked_view(&stack.gate_up, &stack.gate_up_scales, i)?,
+                    stacked_view(&stack.down, &stack.down_scales, i)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
+        Ok(Experts::PerExpert {
             gate_up,
             down,
-            stacked: Fp8Stack::default(),
-        }
+            stacked: Some(stack),
+        })
     }
 }
 
@@ -251,7 +269,7 @@ impl Moe {
                 Experts::Fused { gate_up, down } if gate_up.dtype() == x.dtype() => {
                     Some(moe_experts(x, routed, gate_up, down, weight_on, shared()?.as_ref())?)
                 }
-                Experts::PerExpert { gate_up, down, stacked } => match stacked.get(gate_up, down)? {
+                Experts::PerExpert { stacked, .. } => match stacked {
                     Some(w) => Some(fp8_moe_experts(
                         x,
                         routed,
@@ -345,5 +363,42 @@ impl Moe {
             router_logits,
             routing,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use l4_core::DType;
+
+    use super::*;
+
+    /// Row-wise FP8 experts are held once: each expert's linear views the stacked tensors, and
+    /// its codes and scales are the ones it was quantized to.
+    #[test]
+    fn fp8_experts_view_their_stack() {
+        let (e, d, f) = (3, 8, 6);
+        let linear = |seed: u64, out: usize, inp: usize| {
+            let w = Tensor::randn(&[out, inp], DType::F32, seed, Device::Cpu).unwrap();
+            Linear::from_hf_weight(&w).unwrap().to_fp8().unwrap()
+        };
+        let gate_up: Vec<Linear> = (0..e as u64).map(|i| linear(i, 2 * f, d)).collect();
+        let down: Vec<Linear> = (0..e as u64).map(|i| linear(100 + i, d, f)).collect();
+        let codes = |l: &Linear| l.as_fp8().unwrap().quantized().values.to_f32_vec().unwrap();
+        let scales = |l: &Linear| l.as_fp8().unwrap().quantized().scales.to_f32_vec().unwrap();
+        let expected: Vec<_> = gate_up.iter().chain(&down).map(|l| (codes(l), scales(l))).collect();
+
+        let Experts::PerExpert { gate_up, down, stacked } = Experts::per_expert(gate_up, down).unwrap() else {
+            panic!("per_expert built fused experts");
+        };
+        let stack = stacked.expect("row-wise FP8 experts are stacked");
+        for (i, l) in gate_up.iter().chain(&down).enumerate() {
+            let q = l.as_fp8().unwrap().quantized();
+            let whole = if i < e { &stack.gate_up } else { &stack.down };
+            assert!(
+                std::ptr::eq(q.values.storage(), whole.storage()),
+                "linear {i} copies its codes"
+            );
+            assert_eq!((codes(l), scales(l)), expected[i], "linear {i}");
+        }
     }
 }
