@@ -344,6 +344,55 @@ fn fp8_block_is_within_the_quantization_bound_of_plain_ops() {
     }
 }
 
+/// The FP8 launch takes the tensor cores only for more than 64 slots, FP8 mma.sync (compute
+/// capability 8.9+), whole 16-byte rows and 16-byte aligned operands (views included), and every
+/// kernel it names is defined in the source.
+#[test]
+fn fp8_dispatch_needs_prefill_steps_fp8_mma_and_aligned_rows() {
+    use super::fp8_cuda::{fp8_launch, fp8_uses_tensor_cores};
+    let codes = |cols: usize| Tensor::zeros(&[4, cols], DType::F8E4M3, Device::Cpu).unwrap();
+    let (aligned, rows) = (codes(32), codes(32).narrow(0, 1, 2).unwrap()); // view at byte 32
+    let misaligned = codes(24).narrow(0, 1, 2).unwrap(); // view at byte 24
+    let hopper = (9, 0);
+    assert!(fp8_uses_tensor_cores(hopper, 65, 32, &[&aligned, &rows]));
+    assert!(fp8_uses_tensor_cores((8, 9), 4096, 5120, &[&aligned]));
+    assert!(
+        !fp8_uses_tensor_cores(hopper, 64, 32, &[&aligned]),
+        "decode steps stay on CUDA cores"
+    );
+    assert!(
+        !fp8_uses_tensor_cores((8, 0), 4096, 32, &[&aligned]),
+        "no FP8 mma.sync before 8.9"
+    );
+    assert!(!fp8_uses_tensor_cores(hopper, 4096, 24, &[&aligned]), "k % 16 != 0");
+    assert!(
+        !fp8_uses_tensor_cores(hopper, 4096, 32, &[&aligned, &misaligned]),
+        "a view off 16 bytes"
+    );
+    for dtype in ["f32", "bf16", "f16"] {
+        for stage in ["gate_up", "down"] {
+            for (tensor_cores, k) in [(true, 32), (false, 32), (false, 24)] {
+                let (name, config) = fp8_launch(stage, dtype, tensor_cores, k, 200, (300, 8), &[&aligned]).unwrap();
+                let source = crate::MOE_EXPERTS.source;
+                assert!(
+                    source.contains(&format!("({name}, ")) || source.contains(&format!(", {name}, ")),
+                    "{name} is not an extern \"C\" kernel of moe_experts.cu"
+                );
+                let cols = if !tensor_cores {
+                    8
+                } else if stage == "gate_up" {
+                    64
+                } else {
+                    128
+                };
+                assert_eq!(config.grid_dim.1 as usize, 200usize.div_ceil(cols), "{name}");
+                let rows = if tensor_cores { 64 } else { 16 };
+                assert_eq!(config.grid_dim.0 as usize, 300usize.div_ceil(rows) + 8, "{name}");
+            }
+        }
+    }
+}
+
 /// The FP8 kernels against the reference fed the same codes, and bitwise reproducible.
 #[test]
 fn fp8_cuda_matches_the_reference_bitwise_reproducibly() {
@@ -358,6 +407,12 @@ fn fp8_cuda_matches_the_reference_bitwise_reproducibly() {
         (DType::BF16, 50, 128, 48, 8, 1), // several 16-row tiles per expert
         (DType::F16, 20, 48, 32, 4, 2),   // k = 2: combine kernel
         (DType::F32, 9, 20, 12, 3, 1),    // byte loads (d, f not multiples of 16)
+        // Tensor cores (more than 64 slots): experts of several 64-row blocks with ragged last
+        // blocks, N edges (f 96 = 64 + 32 h columns; d 160 = 128 + 32), K tails (96, 160 and
+        // 80 codes: partial 64-code tiles and 128-code promotion blocks).
+        (DType::BF16, 200, 128, 96, 4, 1),
+        (DType::F16, 60, 160, 80, 5, 2), // k = 2: partial sums and the combine
+        (DType::F32, 150, 48, 40, 3, 1), // gate_up on tensor cores, down (f % 16 != 0) on CUDA cores
     ];
     for (case, &(dtype, t, d, f, e, k)) in cases.iter().enumerate() {
         let p = problem(dtype, t, d, f, e, k, case % 2 == 0, rng.next());

@@ -589,3 +589,210 @@ ME_FP8(me_fp8_gate_up_f16_v16, me_fp8_down_f16_v16, 2, 16)
 ME_FP8(me_fp8_gate_up_f32_v1, me_fp8_down_f32_v1, 0, 1)
 ME_FP8(me_fp8_gate_up_bf16_v1, me_fp8_down_bf16_v1, 1, 1)
 ME_FP8(me_fp8_gate_up_f16_v1, me_fp8_down_f16_v1, 2, 1)
+
+// ---- FP8 (e4m3, row-wise scales) experts on tensor cores: mma.sync m16n8k32 (sm_89+) ----
+//
+// Prefill-sized steps (more than 64 slots): the schedule of the bf16 path (CTA x = the i-th
+// (expert, 64-row block), y = the column block) and its 3-stage cp.async pipeline, with k-tiles
+// of 64 codes. Both operands are K-contiguous (activations [S, K], weights [e, n_out, K]), which
+// is mma's row.col form, so A and B fragments come from plain ldmatrix: a b16 8×8 matrix is 8
+// rows of 16 codes and thread t receives codes 4·(t%4)..+3 of row t/4, the e4m3 fragment layout
+// of both A (row g, k 4·(t%4)..) and B (column g, k 4·(t%4)..). The tensor core keeps fewer than
+// f32's bits when it adds FP8 products to its accumulator, so each 128-code K block starts from
+// zeroed mma accumulators that are then added into f32 totals ("promotion", as fp8_gemm does).
+// The epilogue applies the per-row activation scale and the per-channel weight scale,
+// (acc·s_a)·s_w as the CUDA-core path does, then SwiGLU (gate_up) or the routing weight, the
+// shared row and the direct/partial store of the bf16 path (down). K % 16 == 0 (whole 16-byte
+// chunks) and 16-byte aligned operands; any N (weight rows are loaded one by one).
+
+#define ME_Q_BK 64       // codes per k-tile
+#define ME_Q_PAD 16      // 80-byte smem rows: the 8 rows of an ldmatrix land in distinct banks
+#define ME_Q_PROMOTE 2   // k-tiles per promotion block (128 codes)
+
+L4_DEVICE void me_mma_e4m3(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    __trap();  // the host only launches these kernels on compute capability 8.9 and later
+#endif
+}
+
+// One CTA: rows [row0, row1) of expert `expert`'s segment times a column slice of its weight.
+//   a [S, K] e4m3 with ascale [S]; w [E, rows_w, K] e4m3 with wscale [E, rows_w]
+//   (rows_w = 2N for gate_up, gate rows first; N for down).
+// GATE_UP: B-tile rows are, per warp column, NT·4 gate channels then the NT·4 up channels of
+// the same h columns, so thread-local accumulators nt and nt + NT/2 pair up.
+template <int DT, int WM, int WN, int MT, int NT, int STAGES, bool GATE_UP>
+L4_DEVICE void me_fp8_mma(const l4_fp8* __restrict__ a, const float* __restrict__ ascale,
+                          const l4_fp8* __restrict__ w, const float* __restrict__ wscale,
+                          const int* __restrict__ offset, int experts, int K, int N,
+                          typename MeElem<DT>::T* __restrict__ h_out, const int* __restrict__ sorted,
+                          const float* __restrict__ out_weight, int k_slots,
+                          const typename MeElem<DT>::T* __restrict__ shared, typename MeElem<DT>::T* __restrict__ out,
+                          float* __restrict__ slot_out, int slots) {
+    constexpr int BM = 16 * MT * WM;
+    constexpr int BN = 8 * NT * WN;  // B-tile rows (weight channels)
+    constexpr int THREADS = 32 * WM * WN;
+    constexpr int HALF = NT * 4;
+    constexpr int BN_OUT = GATE_UP ? BN / 2 : BN;
+    constexpr int CHUNKS = ME_Q_BK / 16;  // 16-byte chunks per tile row
+    __shared__ __align__(16) unsigned char As[STAGES][BM][ME_Q_BK + ME_Q_PAD];
+    __shared__ __align__(16) unsigned char Bs[STAGES][BN][ME_Q_BK + ME_Q_PAD];
+
+    int expert, row0, row1;
+    if (!me_find_tile(offset, experts, BM, blockIdx.x, expert, row0, row1)) return;
+    const int rows = row1 - row0;
+    const int n0 = blockIdx.y * BN_OUT;
+    const i64 rows_w = GATE_UP ? 2 * (i64)N : (i64)N;
+    const l4_fp8* wexp = w + (i64)expert * rows_w * K;
+    const float* wsexp = wscale + (i64)expert * rows_w;
+    const int tid = threadIdx.x;
+    const int lane = tid & 31;
+    const int warp = tid >> 5;
+    const int wm = warp / WN;
+    const int wn = warp % WN;
+
+    // The weight row (channel) of B-tile row j, or -1 past N.
+    auto channel = [&](int j) -> int {
+        if (GATE_UP) {
+            const int within = j % (NT * 8);
+            const int hcol = n0 + (j / (NT * 8)) * HALF + within % HALF;
+            return hcol < N ? (within < HALF ? 0 : N) + hcol : -1;
+        }
+        return n0 + j < N ? n0 + j : -1;
+    };
+    auto load_stage = [&](int stage, int k0) {
+        for (int c = tid; c < BM * CHUNKS; c += THREADS) {
+            const int r = c / CHUNKS;
+            const int kc = (c % CHUNKS) * 16;
+            const bool valid = r < rows && k0 + kc < K;
+            const l4_fp8* src = valid ? a + (i64)(row0 + r) * K + k0 + kc : a;
+            me_cp_async16(me_smem(&As[stage][r][kc]), src, valid);
+        }
+        for (int c = tid; c < BN * CHUNKS; c += THREADS) {
+            const int j = c / CHUNKS;
+            const int kc = (c % CHUNKS) * 16;
+            const int ch = channel(j);
+            const bool valid = ch >= 0 && k0 + kc < K;
+            const l4_fp8* src = valid ? wexp + (i64)ch * K + k0 + kc : w;
+            me_cp_async16(me_smem(&Bs[stage][j][kc]), src, valid);
+        }
+    };
+
+    float acc[MT][NT][4], part[MT][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[mt][nt][i] = part[mt][nt][i] = 0.0f;
+
+    const int ktiles = (K + ME_Q_BK - 1) / ME_Q_BK;
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < ktiles) load_stage(s, s * ME_Q_BK);
+        me_cp_commit();
+    }
+    for (int kt = 0; kt < ktiles; ++kt) {
+        // Tile kt has landed, and every warp is done with the stage the prefetch overwrites.
+        me_cp_wait<STAGES - 2>();
+        __syncthreads();
+        const int next = kt + STAGES - 1;
+        if (next < ktiles) load_stage(next % STAGES, next * ME_Q_BK);
+        me_cp_commit();
+        const int st = kt % STAGES;
+#pragma unroll
+        for (int kk = 0; kk < ME_Q_BK; kk += 32) {
+            u32 af[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+                me_ldmatrix_x4(af[mt], me_smem(&As[st][(wm * MT + mt) * 16 + (lane & 15)][kk + (lane >> 4) * 16]));
+#pragma unroll
+            for (int np = 0; np < NT / 2; ++np) {
+                // Matrices: channels 0-7 codes 0-15 / 16-31, channels 8-15 codes 0-15 / 16-31.
+                u32 bf[4];
+                me_ldmatrix_x4(bf, me_smem(&Bs[st][wn * NT * 8 + np * 16 + (lane & 7) + ((lane >> 4) << 3)]
+                                              [kk + ((lane >> 3) & 1) * 16]));
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    me_mma_e4m3(part[mt][2 * np], af[mt], bf[0], bf[1]);
+                    me_mma_e4m3(part[mt][2 * np + 1], af[mt], bf[2], bf[3]);
+                }
+            }
+        }
+        if ((kt + 1) % ME_Q_PROMOTE == 0 || kt + 1 == ktiles) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        acc[mt][nt][i] += part[mt][nt][i];
+                        part[mt][nt][i] = 0.0f;
+                    }
+        }
+    }
+    me_cp_wait<0>();
+
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int r = (wm * MT + mt) * 16 + (lane >> 2) + half * 8;
+            if (r >= rows) continue;
+            const float sa = ascale[row0 + r];
+            if (GATE_UP) {
+#pragma unroll
+                for (int nt = 0; nt < NT / 2; ++nt) {
+#pragma unroll
+                    for (int j = 0; j < 2; ++j) {
+                        const int hcol = n0 + wn * HALF + nt * 8 + (lane & 3) * 2 + j;
+                        if (hcol >= N) continue;
+                        const float g = acc[mt][nt][2 * half + j] * sa * wsexp[hcol];
+                        const float u = acc[mt][nt + NT / 2][2 * half + j] * sa * wsexp[N + hcol];
+                        MeElem<DT>::store(h_out, (i64)(row0 + r) * N + hcol, me_silu(g) * u);
+                    }
+                }
+            } else {
+                const int slot = sorted[row0 + r];
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+                    for (int j = 0; j < 2; ++j) {
+                        const int col = n0 + wn * NT * 8 + nt * 8 + (lane & 3) * 2 + j;
+                        if (col >= N) continue;
+                        const float y = acc[mt][nt][2 * half + j] * sa * wsexp[col];
+                        me_down_store<DT>(y, slot, k_slots, col, N, out_weight, shared, out, slot_out, 0, slots);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// BM 64 × BN 128 (2×4 warps of 32×32: the promotion doubles the accumulators), 3 stages: 45 KB
+// of static smem.
+#define ME_Q_WIDE 2, 4, 2, 4, 3
+#define ME_Q_THREADS 256
+
+#define ME_FP8_MMA(GU, DN, DT)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(ME_Q_THREADS)                                                   \
+        GU(const l4_fp8* xq, const float* xscale, const l4_fp8* w, const float* wscale, const int* offset,       \
+           int experts, int d, int f, MeElem<DT>::T* h) {                                                        \
+        me_fp8_mma<DT, ME_Q_WIDE, true>(xq, xscale, w, wscale, offset, experts, d, f, h, nullptr, nullptr, 1,    \
+                                        nullptr, nullptr, nullptr, 0);                                           \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(ME_Q_THREADS)                                                   \
+        DN(const l4_fp8* hq, const float* hscale, const l4_fp8* w, const float* wscale, const int* offset,       \
+           int experts, int f, int d, const int* sorted, const float* out_weight, int k,                         \
+           const MeElem<DT>::T* shared, MeElem<DT>::T* out, float* slot_out, int slots) {                        \
+        me_fp8_mma<DT, ME_Q_WIDE, false>(hq, hscale, w, wscale, offset, experts, f, d, nullptr, sorted,          \
+                                         out_weight, k, shared, out, slot_out, slots);                           \
+    }
+ME_FP8_MMA(me_fp8_mma_gate_up_f32, me_fp8_mma_down_f32, 0)
+ME_FP8_MMA(me_fp8_mma_gate_up_bf16, me_fp8_mma_down_bf16, 1)
+ME_FP8_MMA(me_fp8_mma_gate_up_f16, me_fp8_mma_down_f16, 2)
