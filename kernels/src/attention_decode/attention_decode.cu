@@ -8,14 +8,20 @@
 // o [B, HK, R, DH] = softmax(scale · q·kᵀ + mask) · v, per row.
 //
 // Kernels (extern "C"; Rust picks by dtype):
-//   1. attn_decode_split_{f32,bf16,f16}: grid (B·HK, splits), 128 threads. CTA (bh, split)
+//   1. attn_decode_split_{f32,bf16,f16}: grid (splits, B·HK), 128 threads (splits on x, whose
+//      limit is 2^31 − 1: a 10M-token context is 40960 splits). CTA (split, bh)
 //      takes keys [split·SPLIT, +SPLIT); each of its 4 warps streams every 4th key: lanes hold
 //      elements lane, lane+32, ... of q (for all R ≤ 8 rows) and of the key, a warp reduction
 //      gives the R scores, and an online softmax keeps (max, sum, Σ p·v) per row in registers.
 //      The 4 warps merge in shared memory in warp order and write the split's partial
 //      (max, sum, acc[DH]) per row. K and V rows are read once per group, shared by its g heads.
-//   2. attn_decode_combine_{f32,bf16,f16}: one block per (bh, row), DH threads: the splits'
-//      partials merged in split order, o = Σ e^(m_s−M)·acc_s / Σ e^(m_s−M)·l_s, rounded once.
+//   2. attn_decode_combine_{f32,bf16,f16}: grid (B·HK·R, ⌈DH/32⌉), 256 threads: M = the
+//      splits' largest maximum (order-free), then warp w sums splits w, w + 8, ... in split
+//      order for its block's 32 columns and the 8 warp sums are added in warp order:
+//      o = Σ e^(m_s−M)·acc_s / Σ e^(m_s−M)·l_s, rounded once; a row that saw no key is 0. The
+//      order depends only on the number of splits. Spreading the splits over 8 warps and the
+//      columns over blocks keeps a 1M-token context (4096 splits, 84 MB of partials for
+//      Scout's 8 KV heads × 5 rows) from being read by one warp per (bh, row) on 40 SMs.
 // The split size is fixed (SPLIT = 256 keys), so the result does not depend on the batch, the
 // grid or the hardware; there are no atomics. Fully masked splits write m = −∞, l = 0.
 //
@@ -38,6 +44,8 @@ typedef unsigned long long u64;
 #define DEC_MAX_ROWS 8
 #define DEC_MAX_DH 128
 #define DEC_PER_LANE (DEC_MAX_DH / 32)
+#define DEC_COMBINE_WARPS 8
+#define DEC_COMBINE_THREADS (DEC_COMBINE_WARPS * 32)
 
 struct DecodeParams {
     u64 q_stride_bh;   // elements between (b, kh) groups of q (R·DH when contiguous)
@@ -81,7 +89,7 @@ static __device__ __forceinline__ void decode_split(const void* __restrict__ q, 
     __shared__ float warp_m[DEC_WARPS][DEC_MAX_ROWS];
     __shared__ float warp_l[DEC_WARPS][DEC_MAX_ROWS];
     __shared__ float warp_acc[DEC_WARPS][DEC_MAX_ROWS][DEC_MAX_DH];
-    const u32 bh = blockIdx.x, split = blockIdx.y;
+    const u32 split = blockIdx.x, bh = blockIdx.y;
     const u32 b = bh / p.heads_kv, kh = bh % p.heads_kv;
     const u32 lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const u32 per_lane = (p.dh + 31) / 32;
@@ -171,18 +179,42 @@ template <void (*STORE)(void*, u64, float)>
 static __device__ __forceinline__ void decode_combine(const float* __restrict__ part_m, const float* __restrict__ part_l,
                                                       const float* __restrict__ part_acc, void* __restrict__ out,
                                                       const DecodeParams& p) {
+    __shared__ float warp_max[DEC_COMBINE_WARPS];
+    __shared__ float warp_l[DEC_COMBINE_WARPS];
+    __shared__ float warp_acc[DEC_COMBINE_WARPS][32];
     const u32 bh = blockIdx.x / p.rows, r = blockIdx.x % p.rows;
-    for (u32 e = threadIdx.x; e < p.dh; e += blockDim.x) {
-        float M = -L4_INF;
-        for (u32 s = 0; s < p.splits; ++s) M = fmaxf(M, part_m[((u64)bh * p.splits + s) * p.rows + r]);
-        float L = 0.0f, A = 0.0f;
-        for (u32 s = 0; s < p.splits; ++s) {
-            const u64 row = ((u64)bh * p.splits + s) * p.rows + r;
-            const float f = part_m[row] == -L4_INF ? 0.0f : expf(part_m[row] - M);
-            L += part_l[row] * f;
-            A += part_acc[row * p.dh + e] * f;
+    const u32 lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const u32 e = blockIdx.y * 32 + lane;
+    // Split s of this (bh, row) is partial row first + s·rows.
+    const u64 first = (u64)bh * p.splits * p.rows + r;
+    float M = -L4_INF;
+    for (u32 s = threadIdx.x; s < p.splits; s += DEC_COMBINE_THREADS) M = fmaxf(M, part_m[first + (u64)s * p.rows]);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
+    if (lane == 0) warp_max[warp] = M;
+    __syncthreads();
+    M = warp_max[0];
+#pragma unroll
+    for (int w = 1; w < DEC_COMBINE_WARPS; ++w) M = fmaxf(M, warp_max[w]);
+    float L = 0.0f, A = 0.0f;
+    for (u32 s = warp; s < p.splits; s += DEC_COMBINE_WARPS) {
+        const u64 row = first + (u64)s * p.rows;
+        const float m = part_m[row];
+        const float f = m == -L4_INF ? 0.0f : expf(m - M);
+        L += part_l[row] * f;
+        if (e < p.dh) A += part_acc[row * p.dh + e] * f;
+    }
+    if (lane == 0) warp_l[warp] = L;
+    warp_acc[warp][lane] = A;
+    __syncthreads();
+    if (warp == 0 && e < p.dh) {
+        float total_l = 0.0f, total_a = 0.0f;
+#pragma unroll
+        for (int w = 0; w < DEC_COMBINE_WARPS; ++w) {
+            total_l += warp_l[w];
+            total_a += warp_acc[w][lane];
         }
-        STORE(out, ((u64)bh * p.rows + r) * p.dh + e, A / L);
+        STORE(out, ((u64)bh * p.rows + r) * p.dh + e, total_l > 0.0f ? total_a / total_l : 0.0f);
     }
 }
 
@@ -199,10 +231,9 @@ static __device__ __forceinline__ void decode_combine(const float* __restrict__ 
         float* __restrict__ part_acc, const DecodeParams p) {                                                \
         decode_split<dec_load_##DT, true>(q, k, v, table, part_m, part_l, part_acc, p);                      \
     }                                                                                                         \
-    extern "C" __global__ void attn_decode_combine_##DT(const float* __restrict__ part_m,                    \
-                                                        const float* __restrict__ part_l,                    \
-                                                        const float* __restrict__ part_acc,                  \
-                                                        void* __restrict__ out, const DecodeParams p) {      \
+    extern "C" __global__ void __launch_bounds__(DEC_COMBINE_THREADS) attn_decode_combine_##DT(              \
+        const float* __restrict__ part_m, const float* __restrict__ part_l,                                  \
+        const float* __restrict__ part_acc, void* __restrict__ out, const DecodeParams p) {                  \
         decode_combine<dec_store_##DT>(part_m, part_l, part_acc, out, p);                                    \
     }
 

@@ -6,7 +6,7 @@ use l4_core::{DType, Error, Result, Tensor};
 
 use super::{DecodeShape, MAX_HEAD_DIM, MAX_ROWS, OP, PagedDecodeShape, SPLIT};
 use crate::elementwise::cuda::operand_view;
-use crate::gather::cuda::alloc_poisoned_in_tests;
+use crate::gather::cuda::{alloc_poisoned_in_tests, empty_output};
 use crate::launch::{backend_of, contiguous_bytes, output_tensor};
 use crate::ops::contiguous;
 use crate::paged_kv::PagedKv;
@@ -14,6 +14,11 @@ use crate::{ATTENTION_DECODE, load_function};
 
 /// Threads of a split block (`DEC_THREADS`).
 const THREADS: u32 = 128;
+/// Threads of a combine block (`DEC_COMBINE_THREADS`), and the head columns each block takes.
+const COMBINE_THREADS: u32 = 256;
+const COMBINE_COLUMNS: usize = 32;
+/// CUDA's limit on grid y.
+const MAX_GRID_Y: usize = 65535;
 
 /// `DecodeParams` of the source, by value.
 #[repr(C)]
@@ -84,11 +89,19 @@ fn launch(q: &Tensor, kv: KvSource<'_>, keys: usize, shape: DecodeShape, chunk: 
             format!("the CUDA kernel takes at most {MAX_ROWS} rows of width {MAX_HEAD_DIM}, got {rows} of {dh}"),
         ));
     }
-    if [b * hk, keys, rows * dh].iter().any(|&x| x > u32::MAX as usize) {
-        return Err(Error::invalid(OP, "problem too large for 32-bit indexing"));
+    // Keys below 2^31 keep `split · SPLIT` in 32 bits; the (b, kv head) groups are grid y.
+    if [keys, b * hk * rows].iter().any(|&x| x > i32::MAX as usize) || b * hk > MAX_GRID_Y {
+        return Err(Error::invalid(
+            OP,
+            format!("problem too large for the launch: {b}x{hk} groups, {keys} keys"),
+        ));
     }
     let backend = backend_of(q, OP)?;
     let ordinal = backend.info().ordinal;
+    if b * hk * rows * dh == 0 {
+        // CUDA refuses empty grids and zero-byte buffers.
+        return empty_output(&backend, q.dtype(), q.shape());
+    }
     let q = contiguous(q)?;
     let dtype = match q.dtype() {
         DType::F32 => "f32",
@@ -147,7 +160,7 @@ fn launch(q: &Tensor, kv: KvSource<'_>, keys: usize, shape: DecodeShape, chunk: 
     let mut part_acc = alloc_poisoned_in_tests(&backend, OP, DType::F32, groups * dh)?;
     let q_bytes = contiguous_bytes(&q, OP, "q")?;
     let config = LaunchConfig {
-        grid_dim: ((b * hk) as u32, splits as u32, 1),
+        grid_dim: (splits as u32, (b * hk) as u32, 1),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
@@ -195,8 +208,8 @@ fn launch(q: &Tensor, kv: KvSource<'_>, keys: usize, shape: DecodeShape, chunk: 
 
     let combine = load_function(&backend, &ATTENTION_DECODE, &format!("attn_decode_combine_{dtype}"))?;
     let config = LaunchConfig {
-        grid_dim: ((b * hk * rows) as u32, 1, 1),
-        block_dim: (dh.clamp(32, 1024) as u32, 1, 1),
+        grid_dim: ((b * hk * rows) as u32, dh.div_ceil(COMBINE_COLUMNS) as u32, 1),
+        block_dim: (COMBINE_THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
     let mut builder = backend.stream().launch_builder(&combine);

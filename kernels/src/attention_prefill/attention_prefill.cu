@@ -97,7 +97,7 @@ L4_DEVICE void pf_mma(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
 }
 
 // The first visible key position of a query at q_pos (chunk start, or −∞ for global).
-L4_DEVICE i64 pf_window_start(i64 q_pos, i64 chunk) { return chunk > 0 ? q_pos - q_pos % chunk : (i64)-1 << 62; }
+L4_DEVICE i64 pf_window_start(i64 q_pos, i64 chunk) { return chunk > 0 ? q_pos - q_pos % chunk : -((i64)1 << 62); }
 
 template <bool BF16, int DH, bool PAGED>
 static __device__ __forceinline__ void prefill(const unsigned short* __restrict__ q, const unsigned short* __restrict__ k,

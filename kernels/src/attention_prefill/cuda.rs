@@ -14,6 +14,8 @@ use crate::{ATTENTION_PREFILL, load_function};
 /// Query rows per block (`PF_ROWS`) and threads (`PF_THREADS`).
 const ROWS: usize = 64;
 const THREADS: u32 = 128;
+/// CUDA's limit on grid y and z.
+const MAX_GRID_YZ: usize = 65535;
 
 /// `PrefillParams` of the source, by value.
 #[repr(C)]
@@ -97,8 +99,12 @@ fn launch(q: &Tensor, kv: KvSource<'_>, hk: usize, s: usize, shape: PrefillShape
             format!("head width {dh}; the CUDA kernel takes {HEAD_DIMS:?}"),
         ));
     }
-    if [t, s, b, h].iter().any(|&x| x > i32::MAX as usize) {
-        return Err(Error::invalid(OP, "problem too large for 32-bit indexing"));
+    // Query tiles are grid x (up to 2^31 − 1), heads grid y and the batch grid z (65535 each).
+    if [t, s].iter().any(|&x| x > i32::MAX as usize) || h > MAX_GRID_YZ || b > MAX_GRID_YZ {
+        return Err(Error::invalid(
+            OP,
+            format!("problem too large for the launch: b {b}, h {h}, t {t}, s {s}"),
+        ));
     }
     let backend = backend_of(q, OP)?;
     let ordinal = backend.info().ordinal;
@@ -106,6 +112,10 @@ fn launch(q: &Tensor, kv: KvSource<'_>, hk: usize, s: usize, shape: PrefillShape
         return empty_output(&backend, q.dtype(), q.shape());
     }
     let q = contiguous(q)?;
+    if q.layout().offset() % 2 != 0 {
+        // The kernel reads q as pairs of 16-bit elements (32-bit words).
+        return Err(Error::invalid(OP, "q must start at an even element offset"));
+    }
     let (strides, block_log2, max_blocks) = match &kv {
         KvSource::Strided { k, v } => {
             let (ks, vs) = (k.layout().strides(), v.layout().strides());

@@ -26,6 +26,8 @@ struct Params {
     scale_q: u32,
     start: i64,
     eps: f32,
+    floor_scale: f32,
+    attn_scale: f32,
     pad: u32,
 }
 
@@ -65,13 +67,6 @@ pub fn qk_prologue(q: &Tensor, k: &Tensor, prologue: Prologue<'_>) -> Result<(Te
         let zeros = |shape: &[usize]| Tensor::zeros(shape, q.dtype(), l4_core::Device::Cpu)?.to_device(q.device());
         return Ok((zeros(&q_shape)?, zeros(&k_shape)?));
     }
-    // Tiny host tables: the frequencies and the per-token temperature (a dummy word when unused).
-    let inv_freq = backend.stream().clone_htod(prologue.inv_freq.unwrap_or(&[0.0]))?;
-    let scales: Vec<f32> = match prologue.temperature {
-        Some(temperature) => (0..t).map(|i| temperature.factor(prologue.start + i) as f32).collect(),
-        None => vec![1.0],
-    };
-    let q_scale = backend.stream().clone_htod(&scales)?;
     let params = Params {
         batch: b as u32,
         tokens: t as u32,
@@ -83,11 +78,18 @@ pub fn qk_prologue(q: &Tensor, k: &Tensor, prologue: Prologue<'_>) -> Result<(Te
         scale_q: prologue.temperature.is_some() as u32,
         start: prologue.start as i64,
         eps: prologue.qk_norm_eps.unwrap_or(0.0) as f32,
+        floor_scale: prologue.temperature.map_or(1.0, |t| t.floor_scale as f32),
+        attn_scale: prologue.temperature.map_or(0.0, |t| t.attn_scale as f32),
         pad: 0,
     };
     let mut q_out = alloc_poisoned_in_tests(&backend, OP, q.dtype(), b * h * t * dh)?;
     let mut k_out = alloc_poisoned_in_tests(&backend, OP, q.dtype(), b * hk * t * dh)?;
     let (q_bytes, k_bytes) = (contiguous_bytes(&q, OP, "q")?, contiguous_bytes(&k, OP, "k")?);
+    // The frequencies already on the device; without RoPE the kernel never reads the pointer.
+    let inv_freq = match prologue.inv_freq {
+        Some(f) => contiguous_bytes(f, OP, "inv_freq")?,
+        None => contiguous_bytes(&q, OP, "q")?,
+    };
     let vectors = b * t * (h + hk);
     let warps_per_block = (THREADS / 32) as usize;
     let cap = backend.info().sm_count * 8;
@@ -102,13 +104,12 @@ pub fn qk_prologue(q: &Tensor, k: &Tensor, prologue: Prologue<'_>) -> Result<(Te
         .arg(&q_bytes)
         .arg(&k_bytes)
         .arg(&inv_freq)
-        .arg(&q_scale)
         .arg(&mut q_out)
         .arg(&mut k_out)
         .arg(&params);
-    // SAFETY: the arguments match `qk_prologue_*` (six device pointers, the by-value params); q
-    // and k hold B·T·H·DH and B·T·HK·DH elements, inv_freq DH/2 entries when RoPE is on, q_scale
-    // T entries when the temperature is on, and the outputs B·H·T·DH and B·HK·T·DH.
+    // SAFETY: the arguments match `qk_prologue_*` (five device pointers, the by-value params); q
+    // and k hold B·T·H·DH and B·T·HK·DH elements, inv_freq DH/2 f32 entries when RoPE is on
+    // (checked by the caller; unread otherwise), and the outputs B·H·T·DH and B·HK·T·DH.
     unsafe { builder.launch(config) }?;
     Ok((
         output_tensor(q_out, q.dtype(), ordinal, &q_shape)?,

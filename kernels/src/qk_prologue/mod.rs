@@ -4,13 +4,17 @@
 //! the paged cache take them.
 //!
 //! `q [B, T, H, DH]`, `k [B, T, HK, DH]`, token `i` at absolute position `p = start + i`. Per
-//! head vector, in f32 and rounded once into the input dtype:
+//! head vector, in f32, each step rounded into the input dtype:
 //!
 //! ```text
 //! RoPE         (x[2j], x[2j+1]) rotated by θ = f32(p)·inv_freq[j]        (adjacent pairs)
 //! QK-norm      x · 1/sqrt(mean(x²) + eps)                                 (no weight)
 //! temperature  q · (1 + attn_scale·ln(1 + floor((p + 1) / floor_scale)))   (queries only)
 //! ```
+//!
+//! The temperature factor is HF's f32 evaluation ([`QueryTemperature::factor_f32`]), computed
+//! where it is used (on the device from three scalars), and the inverse frequencies are an f32
+//! tensor on q's device that callers upload once: a step sends no table from the host.
 //!
 //! Why a separate kernel rather than a prologue inside each attention kernel: the keys must be
 //! rotated and normed once, before they enter the cache, while the attention kernels read every
@@ -27,7 +31,7 @@ pub mod reference;
 #[cfg(test)]
 mod tests;
 
-use l4_core::{Device, Error, Result, Tensor};
+use l4_core::{DType, Device, Error, Result, Tensor};
 
 const OP: &str = "qk_prologue";
 
@@ -48,13 +52,22 @@ impl QueryTemperature {
     pub fn factor(&self, position: usize) -> f64 {
         1.0 + self.attn_scale * (((position + 1) as f64) / self.floor_scale).floor().ln_1p()
     }
+
+    /// The factor as HF computes it and as both paths of [`qk_prologue`] use it: in f32, one
+    /// rounded operation at a time, `log1p(floor((f32(p) + 1) / floor_scale)) · attn_scale + 1`
+    /// (`cache_position.float()`, so positions above 2^24 round as HF's do).
+    pub fn factor_f32(&self, position: usize) -> f32 {
+        let blocks = ((position as f32 + 1.0) / self.floor_scale as f32).floor();
+        blocks.ln_1p() * self.attn_scale as f32 + 1.0
+    }
 }
 
 /// Which steps a layer's prologue applies, and where its tokens sit.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug)]
 pub struct Prologue<'a> {
-    /// RoPE's inverse frequencies `[dh/2]` (RoPE layers), or `None` (NoPE).
-    pub inv_freq: Option<&'a [f32]>,
+    /// RoPE's inverse frequencies, an f32 tensor `[dh/2]` on q's device (RoPE layers), or
+    /// `None` (NoPE).
+    pub inv_freq: Option<&'a Tensor>,
     /// The QK-norm's epsilon, when the layer has the norm.
     pub qk_norm_eps: Option<f64>,
     /// The query temperature, when the layer has it.
@@ -65,7 +78,8 @@ pub struct Prologue<'a> {
 
 /// See the module docs: `(q_out [B, H, T, DH], k_out [B, HK, T, DH])`. Errors: ranks other
 /// than 4, batch, tokens, width, dtype or device that differ between q and k, a non-float
-/// dtype, an odd head width, `inv_freq` of other than `dh/2` entries, positions that overflow;
+/// dtype, an odd head width, `inv_freq` other than f32 `[dh/2]` on q's device, positions that
+/// overflow;
 /// on CUDA a head wider than [`MAX_HEAD_DIM`].
 pub fn qk_prologue(q: &Tensor, k: &Tensor, prologue: Prologue<'_>) -> Result<(Tensor, Tensor)> {
     let (qs, ks) = (q.shape(), k.shape());
@@ -89,10 +103,15 @@ pub fn qk_prologue(q: &Tensor, k: &Tensor, prologue: Prologue<'_>) -> Result<(Te
         ));
     }
     let dh = qs[3];
-    if dh % 2 != 0 || prologue.inv_freq.is_some_and(|f| f.len() * 2 != dh) {
+    let bad_freq = |f: &Tensor| f.shape() != [dh / 2] || f.dtype() != DType::F32 || f.device() != q.device();
+    if dh % 2 != 0 || prologue.inv_freq.is_some_and(bad_freq) {
         return Err(Error::invalid(
             OP,
-            format!("head width {dh} must be even and twice inv_freq's length"),
+            format!(
+                "head width {dh} must be even, and inv_freq f32 [{}] on {}",
+                dh / 2,
+                q.device()
+            ),
         ));
     }
     if prologue

@@ -3,12 +3,15 @@
 // when the layer has it, written out head-major for the attention kernels.
 //
 // q [B, T, H, DH] and k [B, T, HK, DH] (contiguous, as the projections make them), token i at
-// absolute position p = start + i. Per head vector x, in f32:
+// absolute position p = start + i; inv_freq [DH/2] f32 on the device (uploaded once per layer
+// by the model). Per head vector x, in f32:
 //   RoPE:        (x[2j], x[2j+1]) rotated by θ = f32(p)·inv_freq[j] (the product rounded to f32,
 //                as HF computes it; sincosf, the accurate one)
 //   QK-norm:     x · rsqrt(mean(x²) + eps)   (Llama4TextL2Norm: no weight)
-//   temperature: queries only, x · (1 + attn_scale·ln(1 + floor((p + 1) / floor_scale))), the
-//                factor computed on the host per token and passed in `q_scale [T]`
+//   temperature: queries only, x · s(p) with s(p) = log1p(floor((f32(p) + 1) / floor_scale))
+//                · attn_scale + 1 evaluated in f32 one rounded operation at a time, as HF's
+//                f32 `attn_scales` are (no FMA contraction), from the kernel's arguments: no
+//                per-step table crosses from the host
 // written to q_out [B, H, T, DH] and k_out [B, HK, T, DH]. Each step's result is rounded into
 // the dtype, as the unfused ops (and HF's bf16 model) round after each, and so is the
 // temperature factor: the fused pass evaluates the unfused composition, one read and one write
@@ -34,11 +37,18 @@ struct QkPrologueParams {
     u32 dh;
     u32 rope;     // 0 or 1
     u32 norm;     // 0 or 1
-    u32 scale_q;  // 0 or 1: q_scale holds T factors
+    u32 scale_q;  // 0 or 1: queries get the temperature
     long long start;
     float eps;
+    float floor_scale, attn_scale;  // the temperature's (scale_q only)
     u32 pad;
 };
+
+// HF's f32 temperature factor of absolute position `pos`, each operation rounded on its own.
+L4_DEVICE float qkp_temperature(long long pos, float floor_scale, float attn_scale) {
+    const float blocks = floorf(__fdiv_rn(__fadd_rn((float)pos, 1.0f), floor_scale));
+    return __fadd_rn(__fmul_rn(log1pf(blocks), attn_scale), 1.0f);
+}
 
 L4_DEVICE float qkp_round_f32(float v) { return v; }
 L4_DEVICE float qkp_round_bf16(float v) { return l4_bf16_to_f32(l4_f32_to_bf16(v)); }
@@ -52,8 +62,7 @@ L4_DEVICE void qkp_store_f16(void* p, u64 i, float v) { ((l4_f16*)p)[i] = l4_f32
 
 template <float (*LOAD)(const void*, u64), void (*STORE)(void*, u64, float), float (*ROUND)(float)>
 static __device__ __forceinline__ void qk_prologue(const void* __restrict__ q, const void* __restrict__ k,
-                                                   const float* __restrict__ inv_freq,
-                                                   const float* __restrict__ q_scale, void* __restrict__ q_out,
+                                                   const float* __restrict__ inv_freq, void* __restrict__ q_out,
                                                    void* __restrict__ k_out, const QkPrologueParams& p) {
     const u32 lane = threadIdx.x % 32;
     const u64 warps = (u64)gridDim.x * (QKP_THREADS / 32);
@@ -69,6 +78,8 @@ static __device__ __forceinline__ void qk_prologue(const void* __restrict__ q, c
         const u32 nh = is_q ? p.heads : p.heads_kv;
         const void* src = is_q ? q : k;
         const u64 in_base = (bt * nh + hh) * p.dh;
+        const float temperature =
+            is_q && p.scale_q ? ROUND(qkp_temperature(p.start + t, p.floor_scale, p.attn_scale)) : 1.0f;
         float re[QKP_MAX_PAIRS_PER_LANE], im[QKP_MAX_PAIRS_PER_LANE];
         float squares = 0.0f;
 #pragma unroll
@@ -91,7 +102,6 @@ static __device__ __forceinline__ void qk_prologue(const void* __restrict__ q, c
             squares = fmaf(x0, x0, fmaf(x1, x1, squares));
         }
         const float norm = p.norm ? rsqrtf(l4_warp_sum(squares) / (float)p.dh + p.eps) : 1.0f;
-        const float temperature = is_q && p.scale_q ? ROUND(q_scale[t]) : 1.0f;
         const u64 out_base = (((u64)b * nh + hh) * p.tokens + t) * p.dh;
         void* dst = is_q ? q_out : k_out;
 #pragma unroll
@@ -108,9 +118,8 @@ static __device__ __forceinline__ void qk_prologue(const void* __restrict__ q, c
 #define L4_QK_PROLOGUE(DT)                                                                                   \
     extern "C" __global__ void __launch_bounds__(QKP_THREADS) qk_prologue_##DT(                             \
         const void* __restrict__ q, const void* __restrict__ k, const float* __restrict__ inv_freq,         \
-        const float* __restrict__ q_scale, void* __restrict__ q_out, void* __restrict__ k_out,              \
-        const QkPrologueParams p) {                                                                          \
-        qk_prologue<qkp_load_##DT, qkp_store_##DT, qkp_round_##DT>(q, k, inv_freq, q_scale, q_out, k_out, p);               \
+        void* __restrict__ q_out, void* __restrict__ k_out, const QkPrologueParams p) {                      \
+        qk_prologue<qkp_load_##DT, qkp_store_##DT, qkp_round_##DT>(q, k, inv_freq, q_out, k_out, p);        \
     }
 
 L4_QK_PROLOGUE(f32)

@@ -39,11 +39,20 @@ fn max_abs(t: &Tensor) -> f64 {
     t.to_f64_vec().unwrap().iter().fold(0.0, |m, x| m.max(x.abs()))
 }
 
-/// The steps one at a time with the model's ops, each rounded into the dtype.
-fn unfused(q: &Tensor, k: &Tensor, p: Prologue<'_>) -> (Tensor, Tensor) {
+/// `inv_freq` as the f32 tensor `[dh/2]` the prologue takes, on `device`.
+fn freq_tensor(inv_freq: &[f32], device: Device) -> Tensor {
+    Tensor::from_vec(inv_freq.to_vec(), &[inv_freq.len()], Device::Cpu)
+        .unwrap()
+        .to_device(device)
+        .unwrap()
+}
+
+/// The steps one at a time with the model's ops, each rounded into the dtype (`inv_freq`: the
+/// host copy of `p.inv_freq`, which the `rope` op takes).
+fn unfused(q: &Tensor, k: &Tensor, p: Prologue<'_>, inv_freq: Option<&[f32]>) -> (Tensor, Tensor) {
     let step = |x: &Tensor, is_q: bool| {
         let mut x = x.clone();
-        if let Some(inv_freq) = p.inv_freq {
+        if let Some(inv_freq) = inv_freq {
             x = ops::rope(&x, inv_freq, p.start).unwrap();
         }
         if let Some(eps) = p.qk_norm_eps {
@@ -51,7 +60,7 @@ fn unfused(q: &Tensor, k: &Tensor, p: Prologue<'_>) -> (Tensor, Tensor) {
         }
         if let (true, Some(temperature)) = (is_q, p.temperature) {
             let t = x.shape()[1];
-            let scales: Vec<f32> = (0..t).map(|i| temperature.factor(p.start + i) as f32).collect();
+            let scales: Vec<f32> = (0..t).map(|i| temperature.factor_f32(p.start + i)).collect();
             let scales = Tensor::from_f32_vec(scales, &[1, t, 1, 1], x.dtype(), x.device()).unwrap();
             x = ops::mul(&x, &scales).unwrap();
         }
@@ -102,8 +111,9 @@ fn matches_the_unfused_composition_on_every_device() {
             let inv_freq: Vec<f32> = (0..dh / 2)
                 .map(|j| 500_000f32.powf(-2.0 * j as f32 / dh as f32))
                 .collect();
+            let freq = freq_tensor(&inv_freq, device);
             let p = Prologue {
-                inv_freq: rope.then_some(&inv_freq[..]),
+                inv_freq: rope.then_some(&freq),
                 qk_norm_eps: norm.then_some(1e-5),
                 temperature: temp.then_some(QueryTemperature {
                     floor_scale: 8.0,
@@ -115,7 +125,7 @@ fn matches_the_unfused_composition_on_every_device() {
             let q = on(random(&[b, t, hk * g, dh], &mut rng));
             let k = on(random(&[b, t, hk, dh], &mut rng));
             let (fq, fk) = qk_prologue(&q, &k, p).unwrap();
-            let (uq, uk) = unfused(&q, &k, p);
+            let (uq, uk) = unfused(&q, &k, p, rope.then_some(&inv_freq[..]));
             let context = format!(
                 "seed {seed}, case {case} ({name}), {device}, {dtype}: b {b} t {t} hk {hk} g {g} dh {dh} start {}",
                 p.start
@@ -135,7 +145,12 @@ fn matches_the_unfused_composition_on_every_device() {
                 // The kernel against the reference: the same math, one rounding each (so at most
                 // one unit apart in the dtype), sincosf and the sum order as above.
                 let cpu = |x: &Tensor| x.to_device(Device::Cpu).unwrap();
-                let (rq, rk) = reference::qk_prologue(&cpu(&q), &cpu(&k), p).unwrap();
+                let cpu_freq = cpu(&freq);
+                let on_cpu = Prologue {
+                    inv_freq: rope.then_some(&cpu_freq),
+                    ..p
+                };
+                let (rq, rk) = reference::qk_prologue(&cpu(&q), &cpu(&k), on_cpu).unwrap();
                 for (got, want, which) in [(&fq, &rq, "q"), (&fk, &rk, "k")] {
                     let tol = Tolerance {
                         atol: (gamma(dh, U32) + 8.0 * U32) * max_abs(want),
@@ -162,9 +177,10 @@ fn rope_at_position_zero_is_nope() {
         let inv_freq: Vec<f32> = (0..dh / 2)
             .map(|j| 10_000f32.powf(-2.0 * j as f32 / dh as f32))
             .collect();
+        let inv_freq = freq_tensor(&inv_freq, device);
         let q = random(&[2, 1, 4, dh], &mut rng).to_device(device).unwrap();
         let k = random(&[2, 1, 2, dh], &mut rng).to_device(device).unwrap();
-        let with = |inv_freq: Option<&[f32]>| {
+        let with = |inv_freq: Option<&Tensor>| {
             let p = Prologue {
                 inv_freq,
                 qk_norm_eps: Some(1e-5),
@@ -222,7 +238,7 @@ fn temperature_scales_queries_from_floor_scale_on() {
         for h in 0..2 {
             for pos in 0..t {
                 let row = |v: &[f64]| v[(h * t + pos) * dh..][..dh].to_vec();
-                let factor = temperature.factor(pos) as f32 as f64;
+                let factor = temperature.factor_f32(pos) as f64;
                 if pos + 1 < floor_scale as usize {
                     assert_eq!(factor, 1.0);
                     assert_eq!(row(&tq), row(&pq), "position {pos} on {device}");
@@ -235,6 +251,33 @@ fn temperature_scales_queries_from_floor_scale_on() {
                 }
             }
         }
+    }
+}
+
+/// HF's f32 factor: exactly 1 below `floor_scale − 1`, then within two f32 roundings (log1p and
+/// the product; the division and floor are exact here) of the f64 formula, at the spec's
+/// values (llama4-spec.md §2.4: s(8191) = 1.0693, s(32767) = 1.1609, s(1048575) = 1.4860,
+/// s(10485759) = 1.7155).
+#[test]
+fn the_f32_temperature_factor_is_hfs() {
+    let t = QueryTemperature {
+        floor_scale: 8192.0,
+        attn_scale: 0.1,
+    };
+    assert_eq!(t.factor_f32(0), 1.0);
+    assert_eq!(t.factor_f32(8190), 1.0);
+    for (pos, spec) in [
+        (8191, 1.0693),
+        (32767, 1.1609),
+        (1_048_575, 1.4860),
+        (10_485_759, 1.7155),
+    ] {
+        let (got, exact) = (t.factor_f32(pos) as f64, t.factor(pos));
+        assert!(
+            (got - exact).abs() <= 4.0 * U32 * exact,
+            "position {pos}: {got} vs {exact}"
+        );
+        assert!((got - spec).abs() < 5e-5, "position {pos}: {got} vs the spec's {spec}");
     }
 }
 
@@ -251,7 +294,7 @@ fn bad_operands_are_errors() {
     assert!(qk_prologue(&q, &k, p).is_ok());
     let short = Tensor::zeros(&[1, 2, 2, 8], DType::F32, Device::Cpu).unwrap();
     assert!(qk_prologue(&q, &short, p).is_err(), "tokens differ");
-    let freq = [1.0f32; 3];
+    let freq = Tensor::from_vec(vec![1.0f32; 3], &[3], Device::Cpu).unwrap();
     assert!(
         qk_prologue(
             &q,
@@ -264,6 +307,12 @@ fn bad_operands_are_errors() {
         .is_err(),
         "inv_freq length"
     );
+    let freq = Tensor::from_vec(vec![1.0f32; 4], &[4], Device::Cpu).unwrap();
+    let bf_freq = freq.to_dtype(DType::BF16).unwrap();
+    for (f, ok) in [(&freq, true), (&bf_freq, false)] {
+        let with = Prologue { inv_freq: Some(f), ..p };
+        assert_eq!(qk_prologue(&q, &k, with).is_ok(), ok, "inv_freq {} [4]", f.dtype());
+    }
     let odd = Tensor::zeros(&[1, 3, 4, 7], DType::F32, Device::Cpu).unwrap();
     assert!(qk_prologue(&odd, &odd, p).is_err(), "odd width");
     let bf = k.to_dtype(DType::BF16).unwrap();

@@ -150,9 +150,14 @@ pub fn attention_forward(
     let v = weights.v.forward(x)?.reshape(&[b, t, hk, dh])?;
 
     // RoPE, then the weightless QK-norm, then the temperature (NoPE layers), fused in one pass
-    // that also makes q and k head-major.
+    // that also makes q and k head-major. The frequencies live on the device with the layer's
+    // cache and the temperature is computed there: a step uploads no table.
+    let inv_freq = match layer.position {
+        Position::Rope => Some(cache.device_inv_freq(rope.inv_freq(), x.device())?),
+        Position::NoPe => None,
+    };
     let prologue = Prologue {
-        inv_freq: (layer.position == Position::Rope).then(|| rope.inv_freq()),
+        inv_freq: inv_freq.as_ref(),
         qk_norm_eps: layer.qk_norm.then_some(rms_norm_eps),
         temperature: layer.temperature.map(|t| QueryTemperature {
             floor_scale: t.floor_scale,
