@@ -46,6 +46,13 @@ pub fn uses_tensor_cores(dtype: DType, d: usize, f: usize) -> bool {
     matches!(dtype, DType::BF16 | DType::F16) && d.is_multiple_of(8) && f.is_multiple_of(8)
 }
 
+/// Whether the tensor-core kernels take a GEMM over `operands` (the weights and the activation
+/// rows they read with 16-byte cp.async): [`uses_tensor_cores`] and every operand's first
+/// element on a 16-byte boundary; otherwise the scalar kernels.
+pub(super) fn mma_operands(dtype: DType, d: usize, f: usize, operands: &[&Tensor]) -> bool {
+    uses_tensor_cores(dtype, d, f) && operands.iter().all(|t| aligned16(t))
+}
+
 /// Whether a tensor's first element sits on a 16-byte boundary (a view may start anywhere).
 pub(super) fn aligned16(t: &Tensor) -> bool {
     (t.layout().offset() * t.dtype().size_in_bytes()).is_multiple_of(16)
@@ -181,7 +188,8 @@ pub fn gate_up_swiglu(
         as_i32(d, "d")?,
         as_i32(f, "f")?,
     );
-    if uses_tensor_cores(x.dtype(), d, f) && aligned16(&gate_up) {
+    // xs and h are fresh (aligned) buffers; the weights may be a view.
+    if mma_operands(x.dtype(), d, f, &[&gate_up]) {
         let (config, kind) = mma_config(f, GATE_UP_COLS, slots, e)?;
         let function = load_function(&backend, &MOE_EXPERTS, &format!("me_gate_up_{dtype}_{kind}"))?;
         let mut builder = backend.stream().launch_builder(&function);
@@ -251,7 +259,7 @@ pub fn down_combine(
     let shared = shared.map(contiguous).transpose()?;
     let shared_b = shared.as_ref().map(|s| contiguous_bytes(s, OP, "shared")).transpose()?;
     let mut out = alloc_poisoned_in_tests(&backend, OP, h.dtype(), t * d)?;
-    let tensor_cores = uses_tensor_cores(h.dtype(), d, f) && aligned16(&down) && aligned16(&h);
+    let tensor_cores = mma_operands(h.dtype(), d, f, &[&down, &h]);
     let (config, name, splits, per_split) = if tensor_cores {
         let (mut config, kind) = mma_config(d, DOWN_COLS, slots, e)?;
         let ktiles = f.div_ceil(K_TILE);

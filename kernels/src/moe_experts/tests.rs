@@ -357,6 +357,7 @@ fn cuda_matches_the_reference_bitwise_reproducibly() {
         (DType::BF16, 3, 512, 1000, 4, 1),   // decode, down split over f (2 k-tiles a split, a K tail)
         (DType::BF16, 300, 136, 200, 16, 1), // wide shape, ragged segments and K tails
         (DType::F16, 130, 64, 40, 5, 3),     // wide shape, k = 3
+        (DType::BF16, 260, 64, 64, 2, 1),    // wide, direct store: ≥ 2 m-blocks per expert, a 4-row tail
         (DType::BF16, 20, 30, 14, 3, 2),     // scalar path (sizes not multiples of 8)
         (DType::F32, 17, 24, 16, 4, 1),      // scalar path, f32
     ];
@@ -424,6 +425,58 @@ fn cuda_matches_the_reference_bitwise_reproducibly() {
             &format!("{context}: plain ops"),
         );
     }
+}
+
+/// Expert weights that are views starting 2 bytes past a 16-byte boundary (as a slice of a larger
+/// buffer can be) take the scalar kernels on CUDA and still match the reference.
+#[test]
+fn cuda_weight_views_off_16_bytes_match_the_reference() {
+    let Some(backend) = gpu_with_nvrtc_or_skip("moe_experts cuda_weight_views_off_16_bytes") else {
+        return;
+    };
+    let device = Device::Cuda(backend.info().ordinal);
+    let seed = fresh_seed();
+    let p = problem(DType::BF16, 90, 64, 48, 4, 2, true, seed);
+    let on = |x: &Tensor| x.to_device(device).unwrap();
+    // The same values one element into a longer buffer: [n + 1] narrowed to [1, n + 1).
+    let shifted = |w: &Tensor| {
+        let n = w.elem_count();
+        let pad = Tensor::zeros(&[1], w.dtype(), device).unwrap();
+        let flat = ops::cat(&[&pad, &on(w).reshape(&[n]).unwrap()], 0).unwrap();
+        flat.narrow(0, 1, n).unwrap().reshape(w.shape()).unwrap()
+    };
+    let routed = RoutedTokens {
+        topk_expert: on(&p.routed.topk_expert),
+        topk_weight: on(&p.routed.topk_weight),
+        expert_count: on(&p.routed.expert_count),
+        expert_offset: on(&p.routed.expert_offset),
+        sorted_slots: on(&p.routed.sorted_slots),
+    };
+    let (gu, dn) = (shifted(&p.gate_up), shifted(&p.down));
+    assert!(!super::cuda::mma_operands(DType::BF16, p.d, p.f, &[&gu, &dn]));
+    let shared = p.shared.as_ref().map(on);
+    let block = moe_experts(&on(&p.x), &routed, &gu, &dn, p.weight_on, shared.as_ref()).unwrap();
+    let want = moe_experts(&p.x, &p.routed, &p.gate_up, &p.down, p.weight_on, p.shared.as_ref()).unwrap();
+    let (hb, hx, _) = h_bounds(&p);
+    let bound: Vec<f64> = out_bounds(&p, &hx, &hb, 1).into_iter().map(|b| 2.0 * b).collect();
+    check(&block, &want, &bound, &format!("seed {seed}: shifted weight views"));
+}
+
+/// The tensor-core kernels take bf16/f16 with d and f multiples of 8 and 16-byte aligned
+/// operands only; views that start off a 16-byte boundary go to the scalar kernels.
+#[test]
+fn mma_dispatch_needs_whole_chunks_and_aligned_views() {
+    use super::cuda::mma_operands;
+    let w = Tensor::zeros(&[3, 16, 32], DType::BF16, Device::Cpu).unwrap();
+    let expert = w.narrow(0, 1, 2).unwrap(); // starts at element 512
+    let flat = Tensor::zeros(&[2 * 16 * 32 + 1], DType::BF16, Device::Cpu).unwrap();
+    let shifted = flat.narrow(0, 1, 2 * 16 * 32).unwrap().reshape(&[2, 16, 32]).unwrap(); // 2 bytes in
+    assert!(mma_operands(DType::BF16, 16, 16, &[&w, &expert]));
+    assert!(mma_operands(DType::F16, 8, 24, &[&w]));
+    assert!(!mma_operands(DType::BF16, 16, 16, &[&w, &shifted]));
+    assert!(!mma_operands(DType::F32, 16, 16, &[&w]));
+    assert!(!mma_operands(DType::BF16, 12, 16, &[&w]));
+    assert!(!mma_operands(DType::BF16, 16, 20, &[&w]));
 }
 
 #[test]
