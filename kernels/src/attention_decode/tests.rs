@@ -89,6 +89,44 @@ fn matches_the_reference_on_every_device() {
     }
 }
 
+/// A long context: more splits than the combine's 8 warps, not a multiple of them, in Scout's
+/// head layout (5 query heads per KV head, dh 128, bf16), with the two step tokens of a
+/// speculative step; and the result is bit-identical on a second run.
+#[test]
+fn a_context_of_many_splits_matches_the_reference() {
+    let seed = fresh_seed();
+    let mut rng = Rng(seed);
+    let devices: Vec<Device> = test_devices()
+        .into_iter()
+        .filter(|d| d.is_cuda() && nvrtc_or_skip("a_context_of_many_splits_matches_the_reference"))
+        .collect();
+    for &device in &devices {
+        for (g, tq, keys) in [(5, 1, 43 * SPLIT + 17), (2, 2, 9 * SPLIT)] {
+            let (b, hk, dh, dtype) = (1, 2, 128, DType::BF16);
+            let q = random(&[b, hk, g * tq, dh], &mut rng).to_dtype(dtype).unwrap();
+            let k = random(&[b, hk, keys, dh], &mut rng).to_dtype(dtype).unwrap();
+            let v = random(&[b, hk, keys, dh], &mut rng).to_dtype(dtype).unwrap();
+            let shape = DecodeShape {
+                tq,
+                q_start: 7 + keys - tq,
+                k_start: 7,
+                scale: (dh as f64).powf(-0.5),
+            };
+            let want = reference::decode_attention(&q, &k, &v, shape).unwrap();
+            let on = |t: &Tensor| t.to_device(device).unwrap();
+            let got = decode_attention(&on(&q), &on(&k), &on(&v), shape).unwrap();
+            let context = format!("seed {seed}: g {g} tq {tq} keys {keys} on {device}");
+            let tol = bound(&q, &k, &v, shape.scale, dtype);
+            assert_close(&got.to_f64_vec().unwrap(), &want.to_f64_vec().unwrap(), tol, &context).unwrap();
+            let again = decode_attention(&on(&q), &on(&k), &on(&v), shape).unwrap();
+            assert!(
+                got.to_f64_vec().unwrap() == again.to_f64_vec().unwrap(),
+                "a second run differs: {context}"
+            );
+        }
+    }
+}
+
 /// The reference against attention composed of plain ops (matmul, mask, softmax, matmul).
 #[test]
 fn the_reference_is_masked_softmax_attention() {
@@ -152,6 +190,22 @@ fn bad_operands_are_errors() {
     assert!(decode_attention(&q, &wide, &wide, shape).is_err(), "head dims differ");
     let bf = k.to_dtype(DType::BF16).unwrap();
     assert!(decode_attention(&q, &bf, &bf, shape).is_err(), "dtypes differ");
+}
+
+/// The (batch, KV head) groups are grid y, at most 65535: more is an error before any launch
+/// (checked on host tensors, which the launcher inspects before it needs a device).
+#[test]
+fn the_launcher_rejects_grids_past_cudas_limits() {
+    let q = Tensor::zeros(&[2, 32768, 1, 16], DType::BF16, Device::Cpu).unwrap();
+    let k = Tensor::zeros(&[2, 32768, 1, 16], DType::BF16, Device::Cpu).unwrap();
+    let shape = DecodeShape {
+        tq: 1,
+        q_start: 0,
+        k_start: 0,
+        scale: 1.0,
+    };
+    let err = super::cuda::decode_attention(&q, &k, &k, shape).unwrap_err();
+    assert!(err.to_string().contains("too large for the launch"), "{err}");
 }
 
 #[test]

@@ -94,13 +94,18 @@ fn cuda_matches_the_reference() {
     };
     let seed = fresh_seed();
     let mut rng = Rng(seed);
-    for case in 0..10 {
-        let dtype = [DType::BF16, DType::F16][case % 2];
+    // Every (head width, chunk) pair once; dtype, GQA group, T and the cache drawn apart from
+    // them, so no dtype or group is tied to one width.
+    for case in 0..16 {
+        let dtype = [DType::BF16, DType::F16][rng.below(2)];
         let dh = [16, 32, 64, 128][case % 4];
-        let (b, hk, g) = (1 + rng.below(2), 1 + rng.below(2), [1, 2, 5][case % 3]);
-        let t = [1, 17, 64, 130, 200][case % 5];
-        let cached = [0, 3, 70][case % 3];
-        let chunk = [None, Some(8), Some(64), Some(100)][case % 4];
+        let (b, hk, g) = (1 + rng.below(2), 1 + rng.below(2), [1, 2, 5][rng.below(3)]);
+        let t = [1, 17, 64, 130, 200][rng.below(5)];
+        let cached = [0, 3, 70][rng.below(3)];
+        let chunk = [None, Some(8), Some(64), Some(100)][case / 4];
+        // Some steps start before the first key: with no cache their first rows see no key at
+        // all (output 0), and the first key tiles are wholly masked for them.
+        let early = if rng.below(3) == 0 { 1 + rng.below(5) } else { 0 };
         let pad = rng.below(3);
         let s = cached + t;
         let q = random(&[b, hk * g, t, dh], &mut rng).to_dtype(dtype).unwrap();
@@ -108,7 +113,7 @@ fn cuda_matches_the_reference() {
         let full_v = random(&[b, hk, s + pad, dh], &mut rng).to_dtype(dtype).unwrap();
         let (k, v) = (full_k.narrow(2, pad, s).unwrap(), full_v.narrow(2, pad, s).unwrap());
         let shape = PrefillShape {
-            q_start: cached + 5,
+            q_start: cached + 5 - early,
             k_start: 5,
             chunk,
             scale: (dh as f64).powf(-0.5),
@@ -119,7 +124,8 @@ fn cuda_matches_the_reference() {
             on(&full_k).narrow(2, pad, s).unwrap(),
             on(&full_v).narrow(2, pad, s).unwrap(),
         );
-        let context = format!("seed {seed}: b {b} hk {hk} g {g} t {t} cached {cached} dh {dh} {chunk:?} {dtype}");
+        let context =
+            format!("seed {seed}: b {b} hk {hk} g {g} t {t} cached {cached} early {early} dh {dh} {chunk:?} {dtype}");
         let got = prefill_attention(&on(&q), &kd, &vd, shape).unwrap_or_else(|e| panic!("{context}: {e}"));
         let tol = bound(&q, &k, &v, shape.scale);
         assert_close(&got.to_f64_vec().unwrap(), &want.to_f64_vec().unwrap(), tol, &context).unwrap();
@@ -152,6 +158,22 @@ fn bad_operands_are_errors() {
         .is_err()
     );
     assert!(prefill_attention(&q, &k.to_dtype(DType::BF16).unwrap(), &k, shape).is_err());
+}
+
+/// Heads are grid y and the batch grid z, each at most 65535: more is an error before any
+/// launch (checked on host tensors, which the launcher inspects before it needs a device).
+#[test]
+fn the_launcher_rejects_grids_past_cudas_limits() {
+    let q = Tensor::zeros(&[1, 65536, 1, 16], DType::BF16, Device::Cpu).unwrap();
+    let k = Tensor::zeros(&[1, 1, 1, 16], DType::BF16, Device::Cpu).unwrap();
+    let shape = PrefillShape {
+        q_start: 0,
+        k_start: 0,
+        chunk: None,
+        scale: 1.0,
+    };
+    let err = super::cuda::prefill_attention(&q, &k, &k, shape).unwrap_err();
+    assert!(err.to_string().contains("too large for the launch"), "{err}");
 }
 
 #[test]
