@@ -7,8 +7,9 @@
 //! `g = (q_a·q_g)·s_a·s_g`, `u` likewise, `h = round(silu(g)·u)`; `h` quantized per row;
 //! `y = (q_h·q_d)·s_h·s_d`, then weight, shared expert and combine as in
 //! [`super::down_combine`]. The products of e4m3 codes are exact; the CPU reference sums them in
-//! f64, the CUDA kernels in f32 (CUDA cores, one warp per output column streaming its weight
-//! row once for up to 16 rows of one expert).
+//! f64, the CUDA kernels in f32: on CUDA cores for steps of at most 64 slots (one warp per output
+//! column streaming its weight row once for up to 16 rows of one expert), on tensor cores above
+//! (mma.sync m16n8k32 e4m3 with 128-code promotion, compute capability 8.9+; see `fp8_cuda`).
 
 use l4_core::{DType, Device, Error, Result, Tensor};
 

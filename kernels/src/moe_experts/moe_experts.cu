@@ -39,7 +39,9 @@
 // Variants (extern "C"): me_gather_{f32,bf16,f16}, me_gate_up_{bf16,f16}_{wide,decode},
 // me_down_{bf16,f16}_{wide,decode}, me_gate_up_scalar_{f32,bf16,f16},
 // me_down_scalar_{f32,bf16,f16}, me_combine_{f32,bf16,f16}, and for FP8 (e4m3) experts with
-// row-wise scales on CUDA cores (see the section at the end) me_fp8_{gate_up,down}_{f32,bf16,f16}_v{16,1}.
+// row-wise scales (see the sections at the end) on CUDA cores me_fp8_{gate_up,down}_{f32,bf16,f16}_v{16,1}
+// and on tensor cores me_fp8_mma_{gate_up,down}_{f32,bf16,f16} (mma.sync m16n8k32 e4m3; ptxas
+// lowers it to an e4m3→f16 unpack and HMMA.16816.F32 on sm_90, so the SASS class stays HMMA).
 //
 // Check: cargo xtask check-kernels                 (sm_90a CUBIN, spills are errors, SASS class: HMMA)
 // Test:  cargo test -p l4-kernels moe_experts      (CPU always; GPU when present)
@@ -617,7 +619,7 @@ L4_DEVICE void me_mma_e4m3(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 #else
-    __trap();  // the host only launches these kernels on compute capability 8.9 and later
+    asm volatile("trap;");  // the host launches these kernels on compute capability 8.9+ only
 #endif
 }
 
