@@ -12,7 +12,8 @@
 //      limit is 2^31 − 1: a 10M-token context is 40960 splits). CTA (split, bh)
 //      takes keys [split·SPLIT, +SPLIT); each of its 4 warps streams every 4th key: lanes hold
 //      elements lane, lane+32, ... of q (for all R ≤ 8 rows) and of the key, a warp reduction
-//      gives the R scores, and an online softmax keeps (max, sum, Σ p·v) per row in registers.
+//      gives the R scores, and an online softmax keeps (max, sum, Σ p·v) per row in registers;
+//      each warp loads its next key before it uses the current one.
 //      The 4 warps merge in shared memory in warp order and write the split's partial
 //      (max, sum, acc[DH]) per row. K and V rows are read once per group, shared by its g heads.
 //   2. attn_decode_combine_{f32,bf16,f16}: grid (B·HK·R, ⌈DH/32⌉), 256 threads: M = the
@@ -111,18 +112,27 @@ static __device__ __forceinline__ void decode_split(const void* __restrict__ q, 
     }
     const u32 first = split * DEC_SPLIT;
     const u32 last = min(first + DEC_SPLIT, p.keys);
-    for (u32 j = first + warp; j < last; j += DEC_WARPS) {
-        const long long key_pos = p.k_start + j;
-        const u64 k_row = dec_key_row<PAGED>(table, p, b, kh, j, p.k_stride_b, p.k_stride_h, p.k_stride_s);
-        const u64 v_row = dec_key_row<PAGED>(table, p, b, kh, j, p.v_stride_b, p.v_stride_h, p.v_stride_s);
-        float kv[DEC_PER_LANE], vv[DEC_PER_LANE];
+    // Key j's elements of this lane (zeros past the split, or past DH).
+    auto load_key = [&](u32 j, float (&kv)[DEC_PER_LANE], float (&vv)[DEC_PER_LANE]) {
+        const bool key_live = j < last;
+        const u64 k_row = key_live ? dec_key_row<PAGED>(table, p, b, kh, j, p.k_stride_b, p.k_stride_h, p.k_stride_s) : 0;
+        const u64 v_row = key_live ? dec_key_row<PAGED>(table, p, b, kh, j, p.v_stride_b, p.v_stride_h, p.v_stride_s) : 0;
 #pragma unroll
         for (int c = 0; c < DEC_PER_LANE; ++c) {
             const u32 e = lane + 32 * c;
-            const bool live = (u32)c < per_lane && e < p.dh;
+            const bool live = key_live && (u32)c < per_lane && e < p.dh;
             kv[c] = live ? LOAD(k, k_row + e) : 0.0f;
             vv[c] = live ? LOAD(v, v_row + e) : 0.0f;
         }
+    };
+    // The warp's next key is loaded before the current one is used, so its memory latency
+    // overlaps the scores and the softmax update (the same arithmetic, in the same order).
+    float kv[DEC_PER_LANE], vv[DEC_PER_LANE];
+    load_key(first + warp, kv, vv);
+    for (u32 j = first + warp; j < last; j += DEC_WARPS) {
+        const long long key_pos = p.k_start + j;
+        float next_k[DEC_PER_LANE], next_v[DEC_PER_LANE];
+        load_key(j + DEC_WARPS, next_k, next_v);
 #pragma unroll
         for (int r = 0; r < DEC_MAX_ROWS; ++r) {
             if ((u32)r >= p.rows) break;
@@ -140,6 +150,11 @@ static __device__ __forceinline__ void decode_split(const void* __restrict__ q, 
 #pragma unroll
             for (int c = 0; c < DEC_PER_LANE; ++c) acc[r][c] = acc[r][c] * correction + pj * vv[c];
             m[r] = m_new;
+        }
+#pragma unroll
+        for (int c = 0; c < DEC_PER_LANE; ++c) {
+            kv[c] = next_k[c];
+            vv[c] = next_v[c];
         }
     }
     // Merge the warps in warp order.
