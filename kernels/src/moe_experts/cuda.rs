@@ -13,18 +13,18 @@ use crate::ops::contiguous;
 use crate::{MOE_EXPERTS, load_function};
 
 /// Threads per CTA of both tensor-core shapes (`__launch_bounds__(128)`).
-const MMA_THREADS: u32 = 128;
+pub(super) const MMA_THREADS: u32 = 128;
 /// Rows per CTA: the wide (prefill) shape and the decode shape.
-const WIDE_ROWS: usize = 64;
-const DECODE_ROWS: usize = 64;
+pub(super) const WIDE_ROWS: usize = 64;
+pub(super) const DECODE_ROWS: usize = 64;
 /// Steps of at most this many slots take the decode shape (every expert's tokens, at most 64,
 /// share one pass over its weight columns).
 pub const DECODE_MAX_SLOTS: usize = 64;
 /// Output columns per CTA: h columns of gate_up (64 gate + 64 up in the B tile), d columns of down.
-const GATE_UP_COLS: usize = 64;
-const DOWN_COLS: usize = 128;
+pub(super) const GATE_UP_COLS: usize = 64;
+pub(super) const DOWN_COLS: usize = 128;
 /// The k-tile of the tensor-core kernels (`ME_BK`).
-const K_TILE: usize = 32;
+pub(super) const K_TILE: usize = 32;
 /// Threads per block of the elementwise-shaped kernels (gather, scalar GEMMs, combine).
 const THREADS: u32 = 256;
 

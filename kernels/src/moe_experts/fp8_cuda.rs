@@ -31,14 +31,14 @@ fn fp8_config(cols: usize, slots: usize, experts: usize) -> Result<LaunchConfig>
 
 /// Output columns (warps) per CTA and rows per tile of the FP8 kernels (`ME_FP8_WARPS`,
 /// `ME_FP8_ROWS`).
-const FP8_WARPS: usize = 8;
-const FP8_ROWS: usize = 16;
+pub(super) const FP8_WARPS: usize = 8;
+pub(super) const FP8_ROWS: usize = 16;
 /// The tensor-core kernels' CTA (`ME_Q_THREADS`, `ME_Q_WIDE`): 64 rows, 64 h columns of gate_up
 /// (64 gate + 64 up channels in the B tile), 128 d columns of down.
-const MMA_THREADS: u32 = 256;
-const MMA_ROWS: usize = 64;
-const MMA_GATE_UP_COLS: usize = 64;
-const MMA_DOWN_COLS: usize = 128;
+pub(super) const MMA_THREADS: u32 = 256;
+pub(super) const MMA_ROWS: usize = 64;
+pub(super) const MMA_GATE_UP_COLS: usize = 64;
+pub(super) const MMA_DOWN_COLS: usize = 128;
 
 /// Whether the tensor-core kernels take a GEMM with reduction length `k`: a step of more than
 /// [`DECODE_MAX_SLOTS`] slots (smaller ones are memory-bound: the CUDA-core kernels read each

@@ -427,6 +427,46 @@ fn cuda_matches_the_reference_bitwise_reproducibly() {
     }
 }
 
+/// The numbers in a `#define NAME a, b, ...` line of the source.
+fn defined(name: &str) -> Vec<usize> {
+    let line = MOE_EXPERTS
+        .source
+        .lines()
+        .find(|l| l.starts_with(&format!("#define {name} ")))
+        .unwrap_or_else(|| panic!("no #define {name}"));
+    let values = line[format!("#define {name} ").len()..].split("//").next().unwrap();
+    values.split(',').map(|v| v.trim().parse().unwrap()).collect()
+}
+
+/// The launchers' grids and blocks agree with the tile shapes the source instantiates
+/// (`WM, WN, MT, NT, STAGES`: `16·MT·WM` rows, `8·NT·WN` B-tile columns, `32·WM·WN` threads; half
+/// the B tile's columns are h columns in gate_up), so a retuned shape cannot leave rows or columns
+/// without a CTA.
+#[test]
+fn launch_constants_match_the_kernel_shapes() {
+    use super::{cuda, fp8_cuda};
+    for (shape, rows) in [("ME_WIDE", cuda::WIDE_ROWS), ("ME_DECODE", cuda::DECODE_ROWS)] {
+        let &[wm, wn, mt, nt, _] = &defined(shape)[..] else {
+            panic!("{shape}: expected five numbers")
+        };
+        assert_eq!(16 * mt * wm, rows, "{shape}");
+        assert_eq!(32 * wm * wn, cuda::MMA_THREADS as usize, "{shape}");
+        assert_eq!(8 * nt * wn, cuda::DOWN_COLS, "{shape}");
+        assert_eq!(8 * nt * wn / 2, cuda::GATE_UP_COLS, "{shape}");
+    }
+    assert_eq!(defined("ME_BK"), [cuda::K_TILE]);
+    let &[wm, wn, mt, nt, _] = &defined("ME_Q_WIDE")[..] else {
+        panic!("ME_Q_WIDE: expected five numbers")
+    };
+    assert_eq!(16 * mt * wm, fp8_cuda::MMA_ROWS);
+    assert_eq!(32 * wm * wn, fp8_cuda::MMA_THREADS as usize);
+    assert_eq!(defined("ME_Q_THREADS"), [fp8_cuda::MMA_THREADS as usize]);
+    assert_eq!(8 * nt * wn, fp8_cuda::MMA_DOWN_COLS);
+    assert_eq!(8 * nt * wn / 2, fp8_cuda::MMA_GATE_UP_COLS);
+    assert_eq!(defined("ME_FP8_ROWS"), [fp8_cuda::FP8_ROWS]);
+    assert_eq!(defined("ME_FP8_WARPS"), [fp8_cuda::FP8_WARPS]);
+}
+
 /// Expert weights that are views starting 2 bytes past a 16-byte boundary (as a slice of a larger
 /// buffer can be) take the scalar kernels on CUDA and still match the reference.
 #[test]
