@@ -15,8 +15,8 @@
 //!   `y[slot(r)] = (h[r]·Wd) · (w[slot] if WeightOn::Output else 1)`.
 //!
 //! Devices: the CPU path is [`reference`] (f64 accumulation, one rounding into the dtype); the
-//! CUDA path is [`cuda`] (bf16/f16 tensor cores when `d` and `f` are multiples of 8, f32
-//! accumulation; a scalar kernel otherwise). Every CUDA output is written by one thread in a fixed
+//! CUDA path is [`cuda`] (bf16/f16 tensor cores when `d` and `f` are multiples of 8 and the
+//! weights start on a 16-byte boundary, f32 accumulation; a scalar kernel otherwise). Every CUDA output is written by one thread in a fixed
 //! order: runs are bitwise reproducible. Tolerance: docs/numerics.md, "Grouped expert GEMM".
 
 pub mod cuda;
