@@ -13,7 +13,12 @@
 //   S = Q·Kᵀ with mma.m16n8k16 (K tile in shared memory, rows padded by 16 bytes against bank
 //   conflicts), the mask, an online softmax per row (maxima and sums reduced across the 4
 //   lanes of a quad), then O += P·V with P re-used straight from the S accumulators as the A
-//   operand and V stored transposed in shared memory as the B operand.
+//   operand and the B operand read from the row-major V tile by ldmatrix.x4.trans (lane l
+//   addresses key 16·kk + l mod 16, columns 8·n + 8·(l / 16); registers 0, 1 are n-tile n's
+//   b0, b1 and 2, 3 are n-tile n + 1's).
+// Tiles are loaded in 16-byte vectors when every key row starts 16-byte aligned (`vec16`, set
+// by the launcher: always for the paged pools, for strided views when their offsets and
+// strides are multiples of 8 elements), element by element otherwise.
 // Tiles wholly outside every row's window are never loaded, so chunked layers cost T·C, not
 // T². Deterministic: fixed tile order, no atomics, no split.
 //
@@ -45,7 +50,7 @@ struct PrefillParams {
     float scale;
     u32 block_log2;  // paged only
     u32 max_blocks;  // paged only
-    u32 pad;
+    u32 vec16;       // 1: k, v and every key row start 16-byte aligned
 };
 
 // Offset of key row `key` of (batch, kv_head) given its (batch or block), head and row strides.
@@ -96,6 +101,15 @@ L4_DEVICE void pf_mma(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
     }
 }
 
+// Four 8×8 16-bit matrices from shared memory, transposed (B fragments of a row-major [k][n] tile).
+L4_DEVICE void pf_ldmatrix_x4_trans(u32 (&r)[4], const unsigned short* smem) {
+    const u32 addr = (u32)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr)
+                 : "memory");
+}
+
 // The first visible key position of a query at q_pos (chunk start, or −∞ for global).
 L4_DEVICE i64 pf_window_start(i64 q_pos, i64 chunk) { return chunk > 0 ? q_pos - q_pos % chunk : -((i64)1 << 62); }
 
@@ -104,10 +118,10 @@ static __device__ __forceinline__ void prefill(const unsigned short* __restrict_
                                                const unsigned short* __restrict__ v, const int* __restrict__ table,
                                                unsigned short* __restrict__ out,
                                                const PrefillParams& p) {
-    constexpr int KPAD = DH + 8;       // K tile row: DH halves + 16 bytes
-    constexpr int VPAD = PF_KEYS + 8;  // Vᵀ tile row: 64 halves + 16 bytes
+    constexpr int KPAD = DH + 8;  // K and V tile rows: DH halves + 16 bytes
+    constexpr int VECS = DH / 8;  // 16-byte vectors per key row
     __shared__ __align__(16) unsigned short k_tile[PF_KEYS * KPAD];
-    __shared__ __align__(16) unsigned short vt_tile[DH * VPAD];
+    __shared__ __align__(16) unsigned short v_tile[PF_KEYS * KPAD];
 
     const u32 row_tile = blockIdx.x, head = blockIdx.y, batch = blockIdx.z;
     const u32 kv_head = head / (p.heads / p.heads_kv);
@@ -147,18 +161,33 @@ static __device__ __forceinline__ void prefill(const unsigned short* __restrict_
 
     for (i64 tile = key_begin / PF_KEYS * PF_KEYS; tile < key_end; tile += PF_KEYS) {
         __syncthreads();  // the previous tile's readers are done
-        for (u32 i = threadIdx.x; i < PF_KEYS * DH; i += PF_THREADS) {
-            const u32 j = i / DH, e = i % DH;
-            const i64 key = tile + j;
-            const bool live = key < (i64)p.keys;
-            if (live) {
+        if (p.vec16) {
+            for (u32 i = threadIdx.x; i < PF_KEYS * VECS; i += PF_THREADS) {
+                const u32 j = i / VECS, e = (i % VECS) * 8;
+                const i64 key = tile + j;
+                uint4 kw = make_uint4(0u, 0u, 0u, 0u), vw = make_uint4(0u, 0u, 0u, 0u);
+                if (key < (i64)p.keys) {
+                    kw = *(const uint4*)(k + pf_key_row<PAGED>(table, p, batch, kv_head, key, p.k_stride_b,
+                                                               p.k_stride_h, p.k_stride_s) + e);
+                    vw = *(const uint4*)(v + pf_key_row<PAGED>(table, p, batch, kv_head, key, p.v_stride_b,
+                                                               p.v_stride_h, p.v_stride_s) + e);
+                }
+                *(uint4*)(k_tile + j * KPAD + e) = kw;
+                *(uint4*)(v_tile + j * KPAD + e) = vw;
+            }
+        } else {
+            for (u32 i = threadIdx.x; i < PF_KEYS * DH; i += PF_THREADS) {
+                const u32 j = i / DH, e = i % DH;
+                const i64 key = tile + j;
+                const bool live = key < (i64)p.keys;
                 k_tile[j * KPAD + e] =
-                    k[pf_key_row<PAGED>(table, p, batch, kv_head, key, p.k_stride_b, p.k_stride_h, p.k_stride_s) + e];
-                vt_tile[e * VPAD + j] =
-                    v[pf_key_row<PAGED>(table, p, batch, kv_head, key, p.v_stride_b, p.v_stride_h, p.v_stride_s) + e];
-            } else {
-                k_tile[j * KPAD + e] = 0;
-                vt_tile[e * VPAD + j] = 0;
+                    live ? k[pf_key_row<PAGED>(table, p, batch, kv_head, key, p.k_stride_b, p.k_stride_h,
+                                               p.k_stride_s) + e]
+                         : (unsigned short)0;
+                v_tile[j * KPAD + e] =
+                    live ? v[pf_key_row<PAGED>(table, p, batch, kv_head, key, p.v_stride_b, p.v_stride_h,
+                                               p.v_stride_s) + e]
+                         : (unsigned short)0;
             }
         }
         __syncthreads();
@@ -234,9 +263,11 @@ static __device__ __forceinline__ void prefill(const unsigned short* __restrict_
             pa[2] = Half2<BF16>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
             pa[3] = Half2<BF16>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 #pragma unroll
-            for (int n = 0; n < DH / 8; ++n) {
-                const unsigned short* vr = vt_tile + (8 * n + g) * VPAD + 16 * kk + 2 * t;
-                pf_mma<BF16>(o[n], pa, *(const u32*)vr, *(const u32*)(vr + 8));
+            for (int n = 0; n < DH / 8; n += 2) {
+                u32 vb[4];
+                pf_ldmatrix_x4_trans(vb, v_tile + (16 * kk + (lane & 15)) * KPAD + 8 * n + 8 * (lane >> 4));
+                pf_mma<BF16>(o[n], pa, vb[0], vb[1]);
+                pf_mma<BF16>(o[n + 1], pa, vb[2], vb[3]);
             }
         }
     }

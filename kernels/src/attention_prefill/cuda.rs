@@ -37,7 +37,7 @@ struct Params {
     scale: f32,
     block_log2: u32,
     max_blocks: u32,
-    pad: u32,
+    vec16: u32,
 }
 
 // SAFETY: #[repr(C)] integers and a float, laid out like `PrefillParams`.
@@ -79,6 +79,18 @@ pub fn paged_prefill_attention(q: &Tensor, cache: &PagedKv, shape: PagedPrefillS
         cache.len(),
         contiguous_shape,
     )
+}
+
+/// Whether every key and value row starts on a 16-byte boundary (8 elements of 2 bytes), so
+/// the kernel may load tiles in 16-byte vectors: the views start on one and all strides are
+/// multiples of 8 elements. Device allocations are 256-byte aligned; a paged pool's strides are
+/// multiples of the head width, itself a multiple of 8 ([`HEAD_DIMS`]).
+fn rows_are_16_byte_aligned(kv: &KvSource<'_>, strides: &[usize; 6]) -> bool {
+    let starts_aligned = match kv {
+        KvSource::Strided { k, v } => k.layout().offset() % 8 == 0 && v.layout().offset() % 8 == 0,
+        KvSource::Paged(_) => true,
+    };
+    starts_aligned && strides.iter().all(|s| s % 8 == 0)
 }
 
 fn launch(q: &Tensor, kv: KvSource<'_>, hk: usize, s: usize, shape: PrefillShape) -> Result<Tensor> {
@@ -154,7 +166,7 @@ fn launch(q: &Tensor, kv: KvSource<'_>, hk: usize, s: usize, shape: PrefillShape
         scale: shape.scale as f32,
         block_log2,
         max_blocks: max_blocks as u32,
-        pad: 0,
+        vec16: rows_are_16_byte_aligned(&kv, &strides) as u32,
     };
     let mut out = alloc_poisoned_in_tests(&backend, OP, q.dtype(), b * h * t * dh)?;
     let q_bytes = contiguous_bytes(&q, OP, "q")?;

@@ -1,7 +1,8 @@
 //! `attention_prefill`: the reference's window rule and its agreement with the decode
 //! reference, and on CUDA the tensor-core kernel against the f64 reference on random shapes
-//! (GQA, T off the 64-row tile, chunked windows crossing tiles, a cache before the step,
-//! strided cache views), within the bound of docs/numerics.md ("Prefill attention").
+//! (GQA, T off the 64-row tile, chunked windows crossing tiles, a cache before the step, rows
+//! before the first key, strided cache views on and off the 16-byte grid), within the bound of
+//! docs/numerics.md ("Prefill attention").
 
 use l4_core::testing::{Tolerance, assert_close, gamma, test_devices};
 use l4_core::{DType, Device, Tensor};
@@ -109,9 +110,13 @@ fn cuda_matches_the_reference() {
         let pad = rng.below(3);
         let s = cached + t;
         let q = random(&[b, hk * g, t, dh], &mut rng).to_dtype(dtype).unwrap();
-        let full_k = random(&[b, hk, s + pad, dh], &mut rng).to_dtype(dtype).unwrap();
-        let full_v = random(&[b, hk, s + pad, dh], &mut rng).to_dtype(dtype).unwrap();
-        let (k, v) = (full_k.narrow(2, pad, s).unwrap(), full_v.narrow(2, pad, s).unwrap());
+        // Half the cases read rows of width dh out of rows of dh + 3 starting one element in:
+        // rows off the 16-byte grid, which the kernel loads element by element.
+        let (width, first) = if rng.below(2) == 0 { (dh, 0) } else { (dh + 3, 1) };
+        let full_k = random(&[b, hk, s + pad, width], &mut rng).to_dtype(dtype).unwrap();
+        let full_v = random(&[b, hk, s + pad, width], &mut rng).to_dtype(dtype).unwrap();
+        let view = |x: &Tensor| x.narrow(2, pad, s).unwrap().narrow(3, first, dh).unwrap();
+        let (k, v) = (view(&full_k), view(&full_v));
         let shape = PrefillShape {
             q_start: cached + 5 - early,
             k_start: 5,
@@ -120,12 +125,10 @@ fn cuda_matches_the_reference() {
         };
         let want = reference::prefill_attention(&q, &k, &v, shape).unwrap();
         let on = |x: &Tensor| x.to_device(device).unwrap();
-        let (kd, vd) = (
-            on(&full_k).narrow(2, pad, s).unwrap(),
-            on(&full_v).narrow(2, pad, s).unwrap(),
+        let (kd, vd) = (view(&on(&full_k)), view(&on(&full_v)));
+        let context = format!(
+            "seed {seed}: b {b} hk {hk} g {g} t {t} cached {cached} early {early} dh {dh} row width {width} {chunk:?} {dtype}"
         );
-        let context =
-            format!("seed {seed}: b {b} hk {hk} g {g} t {t} cached {cached} early {early} dh {dh} {chunk:?} {dtype}");
         let got = prefill_attention(&on(&q), &kd, &vd, shape).unwrap_or_else(|e| panic!("{context}: {e}"));
         let tol = bound(&q, &k, &v, shape.scale);
         assert_close(&got.to_f64_vec().unwrap(), &want.to_f64_vec().unwrap(), tol, &context).unwrap();
