@@ -72,13 +72,23 @@ pub fn grown(old: Option<CudaSlice<u8>>, bytes: usize, device: Device) -> Result
     Ok(pool)
 }
 
-/// The block table rows on the device (`None` when no block is held).
-pub fn upload_table(rows: &[i32], device: Device) -> Result<Option<CudaSlice<i32>>> {
+/// The block table rows on the device (`None` when no block is held), written into `old` when
+/// it is large enough: a table grows by one block per sequence at a time, so the buffer is
+/// allocated with a quarter (and 64 entries) to spare and most uploads are a copy, not an
+/// allocation. The copy is ordered on the stream after every kernel that read the old rows.
+pub fn upload_table(old: Option<CudaSlice<i32>>, rows: &[i32], device: Device) -> Result<Option<CudaSlice<i32>>> {
     if rows.is_empty() {
         return Ok(None);
     }
     let backend = l4_core::cuda::backend(ordinal(device)?)?;
-    Ok(Some(backend.stream().clone_htod(rows)?))
+    let mut table = match old {
+        Some(table) if table.len() >= rows.len() => table,
+        _ => backend
+            .stream()
+            .alloc_zeros::<i32>(rows.len() + (rows.len() / 4).max(64))?,
+    };
+    backend.stream().memcpy_htod(rows, &mut table.slice_mut(..rows.len()))?;
+    Ok(Some(table))
 }
 
 /// Writes `x [b, hk, t, dh]` into logical slots `slot0..slot0 + t`.

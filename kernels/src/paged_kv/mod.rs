@@ -49,7 +49,8 @@ enum Pool {
     Device {
         k: Option<CudaSlice<u8>>,
         v: Option<CudaSlice<u8>>,
-        /// `[batch, max_blocks]` block ids, re-uploaded when a block is added or freed.
+        /// `[batch, max_blocks]` block ids (a prefix of the buffer), re-uploaded when a block
+        /// is added or freed.
         table: Option<CudaSlice<i32>>,
     },
 }
@@ -452,11 +453,12 @@ impl PagedKv {
         Ok(())
     }
 
-    /// Copies the tables to the device (a few bytes per block; only when they change).
+    /// Copies the tables to the device (a few bytes per block; only when they change, into the
+    /// same buffer while it is large enough).
     fn upload_table(&mut self) -> Result<()> {
         let rows: Vec<i32> = self.tables.iter().flatten().map(|&b| b as i32).collect();
         if let Pool::Device { table, .. } = &mut self.pool {
-            *table = cuda::upload_table(&rows, self.device)?;
+            *table = cuda::upload_table(table.take(), &rows, self.device)?;
         }
         Ok(())
     }
