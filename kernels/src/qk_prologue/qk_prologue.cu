@@ -13,9 +13,10 @@
 //                f32 `attn_scales` are (no FMA contraction), from the kernel's arguments: no
 //                per-step table crosses from the host
 // written to q_out [B, H, T, DH] and k_out [B, HK, T, DH]. Each step's result is rounded into
-// the dtype, as the unfused ops (and HF's bf16 model) round after each, and so is the
-// temperature factor: the fused pass evaluates the unfused composition, one read and one write
-// instead of three of each.
+// the dtype, as the unfused ops (and HF's bf16 model) round after each; the temperature factor
+// stays f32, as HF multiplies the bf16 queries by f32 `attn_scales` and rounds the product
+// once: the fused pass evaluates the unfused composition, one read and one write instead of
+// three of each.
 //
 // One warp per head vector (B·T·(H + HK) of them, grid-stride): lane l holds pairs
 // l, l + 32, ... (DH ≤ 256), the norm's sum of squares is a warp reduction.
@@ -79,7 +80,7 @@ static __device__ __forceinline__ void qk_prologue(const void* __restrict__ q, c
         const void* src = is_q ? q : k;
         const u64 in_base = (bt * nh + hh) * p.dh;
         const float temperature =
-            is_q && p.scale_q ? ROUND(qkp_temperature(p.start + t, p.floor_scale, p.attn_scale)) : 1.0f;
+            is_q && p.scale_q ? qkp_temperature(p.start + t, p.floor_scale, p.attn_scale) : 1.0f;
         float re[QKP_MAX_PAIRS_PER_LANE], im[QKP_MAX_PAIRS_PER_LANE];
         float squares = 0.0f;
 #pragma unroll

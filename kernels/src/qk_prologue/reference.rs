@@ -1,7 +1,8 @@
 //! The CPU reference for `qk_prologue`, which is also its CPU backend: per head vector, the
 //! rotation with `rope`'s angles (θ rounded to f32, cos/sin in f64 rounded to f32), the norm and
-//! the temperature in f32 (the factor HF's f32 evaluation), each step's result rounded into the
-//! dtype as the unfused ops round it; written head-major.
+//! the temperature in f32 (the factor HF's f32 evaluation, not rounded into the dtype: HF
+//! multiplies by f32 `attn_scales`), each step's result rounded into the dtype as the unfused
+//! ops round it; written head-major.
 
 use l4_core::{CpuStorage, DType, Result, Tensor};
 
@@ -41,7 +42,7 @@ fn one(x: &Tensor, prologue: Prologue<'_>, inv_freq: Option<&[f32]>, with_temper
                     head.iter_mut().for_each(|v| *v = round_to(x.dtype(), *v * norm));
                 }
                 if let (true, Some(temperature)) = (with_temperature, prologue.temperature) {
-                    let factor = round_to(x.dtype(), temperature.factor_f32(position));
+                    let factor = temperature.factor_f32(position);
                     head.iter_mut().for_each(|v| *v *= factor);
                 }
                 out[((bi * n + hi) * t + ti) * dh..][..dh].copy_from_slice(&head);

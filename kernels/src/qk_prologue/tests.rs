@@ -61,8 +61,10 @@ fn unfused(q: &Tensor, k: &Tensor, p: Prologue<'_>, inv_freq: Option<&[f32]>) ->
         if let (true, Some(temperature)) = (is_q, p.temperature) {
             let t = x.shape()[1];
             let scales: Vec<f32> = (0..t).map(|i| temperature.factor_f32(p.start + i)).collect();
-            let scales = Tensor::from_f32_vec(scales, &[1, t, 1, 1], x.dtype(), x.device()).unwrap();
-            x = ops::mul(&x, &scales).unwrap();
+            // HF: bf16 queries times f32 factors, the f32 product rounded once into the dtype.
+            let scales = Tensor::from_f32_vec(scales, &[1, t, 1, 1], DType::F32, x.device()).unwrap();
+            let product = ops::mul(&ops::cast(&x, DType::F32).unwrap(), &scales).unwrap();
+            x = ops::cast(&product, x.dtype()).unwrap();
         }
         ops::contiguous(&x.permute(&[0, 2, 1, 3]).unwrap()).unwrap()
     };
