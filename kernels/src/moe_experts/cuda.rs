@@ -87,14 +87,22 @@ pub(super) fn split_ktiles(ktiles: usize, wanted: usize) -> (usize, usize) {
     (ktiles.div_ceil(per_split), per_split)
 }
 
-/// The tensor-core grid: (column blocks, an upper bound on the (expert, m-block) tiles).
-fn mma_config(cols: usize, col_block: usize, slots: usize, experts: usize) -> Result<(LaunchConfig, &'static str)> {
-    let (rows, shape) = if slots <= DECODE_MAX_SLOTS {
+/// The tensor-core grid: (column blocks, an upper bound on the (expert, m-block) tiles of
+/// `rows` sorted rows over `experts` segments). The shape follows the routed `slots`: a fused
+/// shared expert's segment has `t ≤ slots` rows, so no segment outgrows the decode shape either.
+fn mma_config(
+    cols: usize,
+    col_block: usize,
+    slots: usize,
+    rows: usize,
+    experts: usize,
+) -> Result<(LaunchConfig, &'static str)> {
+    let (tile_rows, shape) = if slots <= DECODE_MAX_SLOTS {
         (DECODE_ROWS, "decode")
     } else {
         (WIDE_ROWS, "wide")
     };
-    let tiles = tile_bound(slots, experts, rows);
+    let tiles = tile_bound(rows, experts, tile_rows);
     let config = LaunchConfig {
         grid_dim: (tiles as u32, column_blocks(cols, col_block)?, 1),
         block_dim: (MMA_THREADS, 1, 1),
@@ -124,12 +132,21 @@ fn host_routing(routed: &RoutedTokens) -> Result<RoutedTokens> {
     })
 }
 
-/// `xs [S, d]`: the expert inputs in sorted order, scaled by the slot weight for `Input`.
-pub(crate) fn gather_inputs(x: &Tensor, routed: &RoutedTokens, weight_on: WeightOn, k: usize) -> Result<Tensor> {
+/// `xs [S, d]` (`[S + t, d]` with `shared`): the expert inputs in sorted order, scaled by the
+/// slot weight for `Input`, then the shared expert's rows, `x` unscaled.
+pub(crate) fn gather_inputs(
+    x: &Tensor,
+    routed: &RoutedTokens,
+    weight_on: WeightOn,
+    k: usize,
+    shared: bool,
+) -> Result<Tensor> {
     let (t, d) = (x.shape()[0], x.shape()[1]);
     let slots = t * k;
-    if slots == 0 || d == 0 {
-        return on_host(x.device(), || Tensor::zeros(&[slots, d], x.dtype(), Device::Cpu));
+    let shared_rows = if shared { t } else { 0 };
+    let rows = slots + shared_rows;
+    if rows == 0 || d == 0 {
+        return on_host(x.device(), || Tensor::zeros(&[rows, d], x.dtype(), Device::Cpu));
     }
     let backend = &*backend_of(x, OP)?;
     let function = load_function(backend, &MOE_EXPERTS, &format!("me_gather_{}", dtype_name(x.dtype())?))?;
@@ -138,8 +155,13 @@ pub(crate) fn gather_inputs(x: &Tensor, routed: &RoutedTokens, weight_on: Weight
     let sorted = contiguous_bytes(&routed.sorted_slots, OP, "sorted_slots")?;
     let weight = contiguous(&routed.topk_weight)?;
     let weight = contiguous_bytes(&weight, OP, "topk_weight")?;
-    let mut xs = alloc_poisoned_in_tests(backend, OP, x.dtype(), slots * d)?;
-    let (slots32, k32, d32) = (as_i32(slots, "slots")?, as_i32(k, "k")?, as_i32(d, "d")?);
+    let mut xs = alloc_poisoned_in_tests(backend, OP, x.dtype(), rows * d)?;
+    let (slots32, k32, d32, shared32) = (
+        as_i32(slots, "slots")?,
+        as_i32(k, "k")?,
+        as_i32(d, "d")?,
+        as_i32(shared_rows, "t")?,
+    );
     let null: u64 = 0;
     let mut builder = backend.stream().launch_builder(&function);
     builder.arg(&xb).arg(&sorted);
@@ -147,50 +169,66 @@ pub(crate) fn gather_inputs(x: &Tensor, routed: &RoutedTokens, weight_on: Weight
         WeightOn::Input => builder.arg(&weight),
         WeightOn::Output => builder.arg(&null),
     };
-    builder.arg(&mut xs).arg(&slots32).arg(&k32).arg(&d32);
-    // SAFETY: (x [t, d], sorted [S] i32, weight [S] f32 or null, xs [S, d], int S, k, d) as
-    // `me_gather_*` declares; every slot index is < t·k (moe_routing's bijection).
-    unsafe { builder.launch(grid_1d(backend, slots * d, THREADS, 8)) }?;
-    output_tensor(xs, x.dtype(), backend.info().ordinal, &[slots, d])
+    builder.arg(&mut xs).arg(&slots32).arg(&k32).arg(&d32).arg(&shared32);
+    // SAFETY: (x [t, d], sorted [S] i32, weight [S] f32 or null, xs [S + shared rows, d], int S,
+    // k, d, shared rows (0 or t)) as `me_gather_*` declares; every slot index is < t·k
+    // (moe_routing's bijection).
+    unsafe { builder.launch(grid_1d(backend, rows * d, THREADS, 8)) }?;
+    output_tensor(xs, x.dtype(), backend.info().ordinal, &[rows, d])
 }
 
-/// See [`super::gate_up_swiglu`]; the operands are checked.
+/// See [`super::gate_up_swiglu`] and [`super::gate_up_swiglu_with_shared`] (`shared_gate_up
+/// [d, 2f]`: `h [S + t, f]`); the operands are checked.
 pub fn gate_up_swiglu(
     x: &Tensor,
     routed: &RoutedTokens,
     gate_up: &Tensor,
     weight_on: WeightOn,
+    shared_gate_up: Option<&Tensor>,
     shape: ExpertShape,
 ) -> Result<Tensor> {
     let ExpertShape { t, d, f, e, k } = shape;
     let slots = t * k;
+    let shared_rows = if shared_gate_up.is_some() { t } else { 0 };
+    let rows = slots + shared_rows;
     if slots == 0 || d == 0 || f == 0 {
         let (xc, gc, rc) = (
             x.to_device(Device::Cpu)?,
             gate_up.to_device(Device::Cpu)?,
             host_routing(routed)?,
         );
+        let sc = shared_gate_up.map(|s| s.to_device(Device::Cpu)).transpose()?;
         return on_host(x.device(), || {
-            super::reference::gate_up_swiglu(&xc, &rc, &gc, weight_on, shape)
+            super::reference::gate_up_swiglu(&xc, &rc, &gc, weight_on, sc.as_ref(), shape)
         });
     }
     let backend = backend_of(x, OP)?;
     let dtype = dtype_name(x.dtype())?;
-    let xs = gather_inputs(x, routed, weight_on, k)?;
+    let xs = gather_inputs(x, routed, weight_on, k, shared_gate_up.is_some())?;
     let xs_b = contiguous_bytes(&xs, OP, "xs")?;
     let gate_up = contiguous(gate_up)?;
     let w = contiguous_bytes(&gate_up, OP, "gate_up")?;
+    let shared_w = shared_gate_up.map(contiguous).transpose()?;
+    let shared_wb = shared_w
+        .as_ref()
+        .map(|s| contiguous_bytes(s, OP, "shared gate_up"))
+        .transpose()?;
     let offset = contiguous_bytes(&routed.expert_offset, OP, "expert_offset")?;
-    let mut h = alloc_poisoned_in_tests(&backend, OP, x.dtype(), slots * f)?;
-    let (e32, s32, d32, f32_) = (
+    let mut h = alloc_poisoned_in_tests(&backend, OP, x.dtype(), rows * f)?;
+    let (e32, s32, d32, f32_, shared32) = (
         as_i32(e, "e")?,
         as_i32(slots, "slots")?,
         as_i32(d, "d")?,
         as_i32(f, "f")?,
+        as_i32(shared_rows, "t")?,
     );
-    // xs and h are fresh (aligned) buffers; the weights may be a view.
-    if mma_operands(x.dtype(), d, f, &[&gate_up]) {
-        let (config, kind) = mma_config(f, GATE_UP_COLS, slots, e)?;
+    let null: u64 = 0;
+    let mut operands = vec![&gate_up];
+    operands.extend(shared_w.as_ref());
+    let experts = e + usize::from(shared_rows > 0);
+    // xs and h are fresh (aligned) buffers; the weights may be views.
+    if mma_operands(x.dtype(), d, f, &operands) {
+        let (config, kind) = mma_config(f, GATE_UP_COLS, slots, rows, experts)?;
         let function = load_function(&backend, &MOE_EXPERTS, &format!("me_gate_up_{dtype}_{kind}"))?;
         let mut builder = backend.stream().launch_builder(&function);
         builder
@@ -201,9 +239,15 @@ pub fn gate_up_swiglu(
             .arg(&d32)
             .arg(&f32_)
             .arg(&mut h);
-        // SAFETY: (xs [S, d], w [e, d, 2f], offset [e+1] i32, int e, d, f, h [S, f]) as
-        // `me_gate_up_*_{wide,decode}` declares; d and f are multiples of 8 (16-byte cp.async
-        // chunks); the offsets come from moe_routing (monotone, offset[e] = S).
+        match &shared_wb {
+            Some(s) => builder.arg(s),
+            None => builder.arg(&null),
+        };
+        builder.arg(&shared32);
+        // SAFETY: (xs [S + shared rows, d], w [e, d, 2f], offset [e+1] i32, int e, d, f,
+        // h [S + shared rows, f], shared_w [d, 2f] or null, int shared rows (t with shared_w,
+        // else 0)) as `me_gate_up_*_{wide,decode}` declares; d and f are multiples of 8 (16-byte
+        // cp.async chunks); the offsets come from moe_routing (monotone, offset[e] = S).
         unsafe { builder.launch(config) }?;
     } else {
         let function = load_function(&backend, &MOE_EXPERTS, &format!("me_gate_up_scalar_{dtype}"))?;
@@ -217,24 +261,35 @@ pub fn gate_up_swiglu(
             .arg(&d32)
             .arg(&f32_)
             .arg(&mut h);
-        // SAFETY: (xs [S, d], w [e, d, 2f], offset [e+1], int e, S, d, f, h [S, f]) as
+        match &shared_wb {
+            Some(s) => builder.arg(s),
+            None => builder.arg(&null),
+        };
+        builder.arg(&shared32);
+        // SAFETY: (xs [S + shared rows, d], w [e, d, 2f], offset [e+1], int e, S, d, f,
+        // h [S + shared rows, f], shared_w [d, 2f] or null, int shared rows) as
         // `me_gate_up_scalar_*` declares.
-        unsafe { builder.launch(grid_1d(&backend, slots * f, THREADS, 8)) }?;
+        unsafe { builder.launch(grid_1d(&backend, rows * f, THREADS, 8)) }?;
     }
-    output_tensor(h, x.dtype(), backend.info().ordinal, &[slots, f])
+    output_tensor(h, x.dtype(), backend.info().ordinal, &[rows, f])
 }
 
-/// See [`super::down_combine`]; the operands are checked.
+/// See [`super::down_combine`] (the shared expert's output `shared [t, d]` added) and
+/// [`super::down_combine_with_shared`] (`shared_down [f, d]` run on rows `[S, S + t)` of `h`);
+/// the operands are checked, at most one of the two is given.
 pub fn down_combine(
     h: &Tensor,
     routed: &RoutedTokens,
     down: &Tensor,
     weight_on: WeightOn,
     shared: Option<&Tensor>,
+    shared_down: Option<&Tensor>,
     shape: ExpertShape,
 ) -> Result<Tensor> {
     let ExpertShape { t, d, f, e, k } = shape;
     let slots = t * k;
+    let shared_rows = if shared_down.is_some() { t } else { 0 };
+    let rows = slots + shared_rows;
     if slots == 0 || d == 0 || f == 0 {
         let (hc, dc, rc) = (
             h.to_device(Device::Cpu)?,
@@ -242,8 +297,9 @@ pub fn down_combine(
             host_routing(routed)?,
         );
         let sc = shared.map(|s| s.to_device(Device::Cpu)).transpose()?;
+        let sdc = shared_down.map(|s| s.to_device(Device::Cpu)).transpose()?;
         return on_host(h.device(), || {
-            super::reference::down_combine(&hc, &rc, &dc, weight_on, sc.as_ref(), shape)
+            super::reference::down_combine(&hc, &rc, &dc, weight_on, sc.as_ref(), sdc.as_ref(), shape)
         });
     }
     let backend = backend_of(h, OP)?;
@@ -258,36 +314,51 @@ pub fn down_combine(
     let weight = contiguous_bytes(&weight, OP, "topk_weight")?;
     let shared = shared.map(contiguous).transpose()?;
     let shared_b = shared.as_ref().map(|s| contiguous_bytes(s, OP, "shared")).transpose()?;
+    let shared_w = shared_down.map(contiguous).transpose()?;
+    let shared_wb = shared_w
+        .as_ref()
+        .map(|s| contiguous_bytes(s, OP, "shared down"))
+        .transpose()?;
     let mut out = alloc_poisoned_in_tests(&backend, OP, h.dtype(), t * d)?;
-    let tensor_cores = mma_operands(h.dtype(), d, f, &[&down, &h]);
+    let mut operands = vec![&down, &h];
+    operands.extend(shared_w.as_ref());
+    let experts = e + usize::from(shared_rows > 0);
+    let tensor_cores = mma_operands(h.dtype(), d, f, &operands);
     let (config, name, splits, per_split) = if tensor_cores {
-        let (mut config, kind) = mma_config(d, DOWN_COLS, slots, e)?;
+        let (mut config, kind) = mma_config(d, DOWN_COLS, slots, rows, experts)?;
         let ktiles = f.div_ceil(K_TILE);
         let splits = match kind {
-            "decode" => down_splits(backend.info().sm_count, d.div_ceil(DOWN_COLS), e.min(slots), ktiles),
+            "decode" => down_splits(
+                backend.info().sm_count,
+                d.div_ceil(DOWN_COLS),
+                experts.min(rows),
+                ktiles,
+            ),
             _ => 1,
         };
         let (splits, per_split) = split_ktiles(ktiles, splits);
         config.grid_dim.2 = splits as u32;
         (config, format!("me_down_{dtype}_{kind}"), splits, per_split)
     } else {
-        let config = grid_1d(&backend, slots * d, THREADS, 8);
+        let config = grid_1d(&backend, rows * d, THREADS, 8);
         (config, format!("me_down_scalar_{dtype}"), 1, 0)
     };
-    // One slot per token and one split: the epilogue writes out[token] itself. Otherwise f32
-    // partial sums per (split, slot), then the fixed-order combine.
-    let direct = k == 1 && splits == 1;
+    // One slot per token, one split and no fused shared expert: the epilogue writes out[token]
+    // itself. Otherwise f32 partial sums per (split, row slot), then the fixed-order combine (a
+    // token's routed and shared rows are written by different CTAs).
+    let direct = k == 1 && splits == 1 && shared_rows == 0;
     let mut slot_out = if direct {
         None
     } else {
-        Some(alloc_poisoned_in_tests(&backend, OP, DType::F32, splits * slots * d)?)
+        Some(alloc_poisoned_in_tests(&backend, OP, DType::F32, splits * rows * d)?)
     };
-    let (e32, s32, d32, f32_, k32) = (
+    let (e32, s32, d32, f32_, k32, shared32) = (
         as_i32(e, "e")?,
         as_i32(slots, "slots")?,
         as_i32(d, "d")?,
         as_i32(f, "f")?,
         as_i32(k, "k")?,
+        as_i32(shared_rows, "t")?,
     );
     let null: u64 = 0;
     let per_split32 = as_i32(per_split, "k-tiles per split")?;
@@ -315,11 +386,18 @@ pub fn down_combine(
     if tensor_cores {
         builder.arg(&s32).arg(&per_split32);
     }
-    // SAFETY: (h [S, f], w [e, f, d], offset [e+1], int e, [int S,] int f, d, sorted [S],
-    // weight [S] f32 or null, int k, shared [t, d] or null, out [t, d] or null, slot_out
-    // [splits, S, d] f32 or null[, int S, k-tiles per split]) as `me_down_*` declares; exactly
-    // one of out and slot_out is non-null; d and f are multiples of 8 on the tensor-core path;
-    // grid z = splits, each with ≥ 1 of the ⌈f/32⌉ k-tiles.
+    match &shared_wb {
+        Some(s) => builder.arg(s),
+        None => builder.arg(&null),
+    };
+    builder.arg(&shared32);
+    // SAFETY: (h [S + shared rows, f], w [e, f, d], offset [e+1], int e, [int S,] int f, d,
+    // sorted [S], weight [S] f32 or null, int k, shared [t, d] or null, out [t, d] or null,
+    // slot_out [splits, S + shared rows, d] f32 or null[, int S, k-tiles per split], shared_w
+    // [f, d] or null, int shared rows (t with shared_w, else 0)) as `me_down_*` declares;
+    // exactly one of out and slot_out is non-null (slot_out whenever shared rows > 0); d and f
+    // are multiples of 8 on the tensor-core path; grid z = splits, each with ≥ 1 of the ⌈f/32⌉
+    // k-tiles.
     unsafe { builder.launch(config) }?;
     if let Some(slot_out) = slot_out {
         let out_weight = (weight_on == WeightOn::Output).then_some(&weight);
@@ -331,14 +409,16 @@ pub fn down_combine(
             shared_b.as_ref(),
             &mut out,
             dtype,
-            (t, k, d),
+            (t, k, d, shared_rows),
         )?;
     }
     output_tensor(out, h.dtype(), backend.info().ordinal, &[t, d])
 }
 
 /// `out [t, d] = round(shared + Σ_j y[t·k + j])` in slot order, `y_s = (Σ_z slot_out[z][s])·w_s`
-/// in split order (`me_combine_*`); `slot_out [splits, S, d]` f32.
+/// in split order (`me_combine_*`); `slot_out [splits, S + shared_rows, d]` f32. With
+/// `shared_rows = t` (a fused shared expert) `shared` is its unweighted row `S + token` of
+/// `slot_out`, not an input.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn combine(
     backend: &CudaBackend,
@@ -348,14 +428,15 @@ pub(super) fn combine(
     shared: Option<&CudaView<'_, u8>>,
     out: &mut CudaSlice<u8>,
     dtype: &str,
-    (t, k, d): (usize, usize, usize),
+    (t, k, d, shared_rows): (usize, usize, usize, usize),
 ) -> Result<()> {
     let function = load_function(backend, &MOE_EXPERTS, &format!("me_combine_{dtype}"))?;
-    let (splits32, t32, k32, d32) = (
+    let (splits32, t32, k32, d32, shared32) = (
         as_i32(splits, "splits")?,
         as_i32(t, "t")?,
         as_i32(k, "k")?,
         as_i32(d, "d")?,
+        as_i32(shared_rows, "t")?,
     );
     let null: u64 = 0;
     let mut builder = backend.stream().launch_builder(&function);
@@ -368,9 +449,10 @@ pub(super) fn combine(
         Some(s) => builder.arg(s),
         None => builder.arg(&null),
     };
-    builder.arg(out).arg(&t32).arg(&k32).arg(&d32);
-    // SAFETY: (slot_out [splits, S, d] f32, int splits, weight [S] f32 or null, shared [t, d] or
-    // null, out [t, d], int t, k, d) as `me_combine_*` declares.
+    builder.arg(out).arg(&t32).arg(&k32).arg(&d32).arg(&shared32);
+    // SAFETY: (slot_out [splits, S + shared rows, d] f32, int splits, weight [S] f32 or null,
+    // shared [t, d] or null, out [t, d], int t, k, d, shared rows (0 or t)) as `me_combine_*`
+    // declares.
     unsafe { builder.launch(grid_1d(backend, t * d, THREADS, 8)) }?;
     Ok(())
 }

@@ -228,7 +228,7 @@ pub fn fp8_down_combine(
             shared_b.as_ref(),
             &mut out,
             dname,
-            (t, k, d),
+            (t, k, d, 0),
         )?;
     }
     output_tensor(out, dtype, backend.info().ordinal, &[t, d])

@@ -296,7 +296,7 @@ proptest! {
     fn fp8_reference_stages_match_plain_ops((t, d, f, e, k, shared, seed) in sizes()) {
         let p = problem(DType::F32, t, d, f, e, k, shared, seed);
         let context = format!("t {t} d {d} f {f} e {e} k {k} {:?}", p.weight_on);
-        let xs = gather_inputs(&p.x, &p.routed, p.weight_on, k).unwrap();
+        let xs = gather_inputs(&p.x, &p.routed, p.weight_on, k, false).unwrap();
         let h = fp8_gate_up_swiglu(&p.x, &p.routed, &p.experts, p.weight_on, None).unwrap();
         let (a, _) = quantized_rows(&xs);
         let (hb, _) = h_bounds(&p, &a);
@@ -324,7 +324,7 @@ fn fp8_block_is_within_the_quantization_bound_of_plain_ops() {
         let p = problem(DType::BF16, t, d, f, e, k, case != 1, seed + case as u64);
         let context = format!("seed {seed} case {case}");
         let got = fp8_moe_experts(&p.x, &p.routed, &p.experts, p.weight_on, p.shared.as_ref(), None).unwrap();
-        let xs = gather_inputs(&p.x, &p.routed, p.weight_on, k).unwrap();
+        let xs = gather_inputs(&p.x, &p.routed, p.weight_on, k, false).unwrap();
         let h_theirs = composed_h(&p, &xs);
         let want = composed_out(&p, &h_theirs);
         let (a, _) = quantized_rows(&xs);
@@ -436,7 +436,7 @@ fn fp8_cuda_matches_the_reference_bitwise_reproducibly() {
         let h_again = fp8_gate_up_swiglu(&x, &routed, &experts, p.weight_on, None).unwrap();
         let bits = |t: &Tensor| t.to_f32_vec().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&h), bits(&h_again), "{context}: h not reproducible");
-        let xs = gather_inputs(&p.x, &p.routed, p.weight_on, k).unwrap();
+        let xs = gather_inputs(&p.x, &p.routed, p.weight_on, k, false).unwrap();
         let (a, _) = quantized_rows(&xs);
         let (hb, _) = h_bounds(&p, &a);
         let twice: Vec<f64> = hb.iter().map(|b| 2.0 * b).collect();

@@ -14,6 +14,13 @@
 //! * [`down_combine`]: `out[t] = round(shared[t] + Σ_j y[t·k + j])`, the sum in slot order,
 //!   `y[slot(r)] = (h[r]·Wd) · (w[slot] if WeightOn::Output else 1)`.
 //!
+//! The shared expert can run in the same launches ([`moe_experts_with_shared`]): as expert
+//! index `e` with its own weights ([`SharedExpert`]: `gate_up [d, 2f]`, `down [f, d]`, the
+//! routed experts' layout, same `f`), visited by every token once with weight 1 nowhere (not on
+//! its input, not on its output). Its rows follow the routed ones: `h [S + t, f]`, row `S + t'`
+//! for token `t'`; the combine is `out[t] = round(y_shared[t] + Σ_j y[t·k + j])`, the shared
+//! expert's unrounded output first, then the routed slots in slot order.
+//!
 //! Devices: the CPU path is [`reference`] (f64 accumulation, one rounding into the dtype); the
 //! CUDA path is [`cuda`] (bf16/f16 tensor cores when `d` and `f` are multiples of 8 and the
 //! weights start on a 16-byte boundary, f32 accumulation; a scalar kernel otherwise). Every CUDA output is written by one thread in a fixed
@@ -35,6 +42,16 @@ pub use fp8::{Fp8Experts, fp8_down_combine, fp8_gate_up_swiglu, fp8_moe_experts}
 use crate::moe_routing::RoutedTokens;
 
 const OP: &str = "moe_experts";
+
+/// The shared expert in the routed experts' layout, for [`moe_experts_with_shared`]. Its own
+/// tensors (a second weight pointer in the kernels), so the routed experts are not copied.
+#[derive(Clone, Copy, Debug)]
+pub struct SharedExpert<'a> {
+    /// `[d, 2f]`: gate in the first `f` columns, applied as `x · W`.
+    pub gate_up: &'a Tensor,
+    /// `[f, d]`, applied as `h · W`.
+    pub down: &'a Tensor,
+}
 
 /// Where the routing weight multiplies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,13 +167,35 @@ fn check_float(x: &Tensor) -> Result<()> {
 /// The expert inputs `[S, d]` in sorted-row order (see [`reference::gather_inputs`]).
 fn gather_inputs(x: &Tensor, routed: &RoutedTokens, weight_on: WeightOn, k: usize) -> Result<Tensor> {
     match x.device() {
-        Device::Cpu => reference::gather_inputs(x, routed, weight_on, k),
-        Device::Cuda(_) => cuda::gather_inputs(x, routed, weight_on, k),
+        Device::Cpu => reference::gather_inputs(x, routed, weight_on, k, false),
+        Device::Cuda(_) => cuda::gather_inputs(x, routed, weight_on, k, false),
     }
 }
 
 /// `h [S, f]` (sorted-row order) from `x [t, d]` and `gate_up [e, d, 2f]`; see the module docs.
 pub fn gate_up_swiglu(x: &Tensor, routed: &RoutedTokens, gate_up: &Tensor, weight_on: WeightOn) -> Result<Tensor> {
+    gate_up_impl(x, routed, gate_up, weight_on, None)
+}
+
+/// `h [S + t, f]`: [`gate_up_swiglu`]'s rows, then the shared expert's (`shared_gate_up [d, 2f]`)
+/// row for each token, in the same launch; see the module docs.
+pub fn gate_up_swiglu_with_shared(
+    x: &Tensor,
+    routed: &RoutedTokens,
+    gate_up: &Tensor,
+    weight_on: WeightOn,
+    shared_gate_up: &Tensor,
+) -> Result<Tensor> {
+    gate_up_impl(x, routed, gate_up, weight_on, Some(shared_gate_up))
+}
+
+fn gate_up_impl(
+    x: &Tensor,
+    routed: &RoutedTokens,
+    gate_up: &Tensor,
+    weight_on: WeightOn,
+    shared_gate_up: Option<&Tensor>,
+) -> Result<Tensor> {
     check_float(x)?;
     let &[t, d] = x.shape() else {
         return Err(bad_shape("x", x.shape(), "expected [t, d]".into()));
@@ -172,11 +211,21 @@ pub fn gate_up_swiglu(x: &Tensor, routed: &RoutedTokens, gate_up: &Tensor, weigh
         ));
     }
     check_operand("gate_up", gate_up, x.dtype(), x.device())?;
+    if let Some(s) = shared_gate_up {
+        check_operand("shared gate_up", s, x.dtype(), x.device())?;
+        if s.shape() != [d, f2] {
+            return Err(bad_shape(
+                "shared gate_up",
+                s.shape(),
+                format!("expected [{d}, {f2}], the routed experts' [d, 2f]"),
+            ));
+        }
+    }
     let k = check_routing(routed, t, e, x.device())?;
     let shape = ExpertShape { t, d, f: f2 / 2, e, k };
     match x.device() {
-        Device::Cpu => reference::gate_up_swiglu(x, routed, gate_up, weight_on, shape),
-        Device::Cuda(_) => cuda::gate_up_swiglu(x, routed, gate_up, weight_on, shape),
+        Device::Cpu => reference::gate_up_swiglu(x, routed, gate_up, weight_on, shared_gate_up, shape),
+        Device::Cuda(_) => cuda::gate_up_swiglu(x, routed, gate_up, weight_on, shared_gate_up, shape),
     }
 }
 
@@ -189,20 +238,55 @@ pub fn down_combine(
     weight_on: WeightOn,
     shared: Option<&Tensor>,
 ) -> Result<Tensor> {
+    down_impl(h, routed, down, weight_on, shared, None)
+}
+
+/// `out [t, d]` from `h [S + t, f]` ([`gate_up_swiglu_with_shared`]), `down [e, f, d]` and the
+/// shared expert's `shared_down [f, d]`, run on rows `[S, S + t)` in the same launch; the
+/// combine adds each token's shared output first, then its routed slots in slot order.
+pub fn down_combine_with_shared(
+    h: &Tensor,
+    routed: &RoutedTokens,
+    down: &Tensor,
+    weight_on: WeightOn,
+    shared_down: &Tensor,
+) -> Result<Tensor> {
+    down_impl(h, routed, down, weight_on, None, Some(shared_down))
+}
+
+fn down_impl(
+    h: &Tensor,
+    routed: &RoutedTokens,
+    down: &Tensor,
+    weight_on: WeightOn,
+    shared: Option<&Tensor>,
+    shared_down: Option<&Tensor>,
+) -> Result<Tensor> {
     check_float(h)?;
     let &[e, f, d] = down.shape() else {
         return Err(bad_shape("down", down.shape(), "expected [e, f, d]".into()));
     };
     let t = routed.topk_weight.shape().first().copied().unwrap_or(0);
     let k = check_routing(routed, t, e, h.device())?;
-    if h.shape() != [t * k, f] || e == 0 {
+    let rows = t * k + if shared_down.is_some() { t } else { 0 };
+    if h.shape() != [rows, f] || e == 0 {
         return Err(bad_shape(
             "h",
             h.shape(),
-            format!("expected [{}, {f}] for down {:?}", t * k, down.shape()),
+            format!("expected [{rows}, {f}] for down {:?}", down.shape()),
         ));
     }
     check_operand("down", down, h.dtype(), h.device())?;
+    if let Some(s) = shared_down {
+        check_operand("shared down", s, h.dtype(), h.device())?;
+        if s.shape() != [f, d] {
+            return Err(bad_shape(
+                "shared down",
+                s.shape(),
+                format!("expected [{f}, {d}], the routed experts' [f, d]"),
+            ));
+        }
+    }
     if let Some(s) = shared {
         check_operand("shared", s, h.dtype(), h.device())?;
         if s.shape() != [t, d] {
@@ -211,8 +295,8 @@ pub fn down_combine(
     }
     let shape = ExpertShape { t, d, f, e, k };
     match h.device() {
-        Device::Cpu => reference::down_combine(h, routed, down, weight_on, shared, shape),
-        Device::Cuda(_) => cuda::down_combine(h, routed, down, weight_on, shared, shape),
+        Device::Cpu => reference::down_combine(h, routed, down, weight_on, shared, shared_down, shape),
+        Device::Cuda(_) => cuda::down_combine(h, routed, down, weight_on, shared, shared_down, shape),
     }
 }
 
@@ -228,4 +312,20 @@ pub fn moe_experts(
 ) -> Result<Tensor> {
     let h = gate_up_swiglu(x, routed, gate_up, weight_on)?;
     down_combine(&h, routed, down, weight_on, shared)
+}
+
+/// The routed experts and the shared expert of a MoE block in the same launches:
+/// [`gate_up_swiglu_with_shared`] then [`down_combine_with_shared`]. `x [t, d]`,
+/// `gate_up [e, d, 2f]`, `down [e, f, d]`, `shared.gate_up [d, 2f]`, `shared.down [f, d]` →
+/// `[t, d]`.
+pub fn moe_experts_with_shared(
+    x: &Tensor,
+    routed: &RoutedTokens,
+    gate_up: &Tensor,
+    down: &Tensor,
+    weight_on: WeightOn,
+    shared: SharedExpert<'_>,
+) -> Result<Tensor> {
+    let h = gate_up_swiglu_with_shared(x, routed, gate_up, weight_on, shared.gate_up)?;
+    down_combine_with_shared(&h, routed, down, weight_on, shared.down)
 }

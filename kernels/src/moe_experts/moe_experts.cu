@@ -13,6 +13,15 @@
 //   4. me_combine_*: y_s = (Σ_z partial[z][s])·w_out[s] in split order, then
 //      out[t] = round(shared[t] + y[t·k] + … + y[t·k + k − 1]) in slot order.
 //
+// The shared expert (Llama 4: same width f as the routed experts, unscaled input) can run in the
+// same launches as expert index e with its own weight pointers (gate_up [d, 2f], down [f, d], the
+// routed layout): every token visits it once, as rows [S, S + t) after the S routed rows (row
+// S + token, its own slot), appended by the gather and scheduled after the routed segments by
+// me_find_tile (shared_rows = t; 0 leaves it out). Its rows are never weighted, and the down
+// launch always writes f32 partials for them, so the combine runs and sums each token as
+//   out[t] = round(y_shared[t] + y[t·k] + … + y[t·k + k − 1])
+// (the shared expert first, then the routed slots in slot order).
+//
 // Decode steps read few columns per expert, so the down projection (d/128 column blocks, 40 at
 // d 5120) would leave most SMs idle: the host splits its reduction over f into a few contiguous
 // ranges (grid z), each CTA streaming its own slice of the weights once; the combine adds the
@@ -89,9 +98,11 @@ L4_DEVICE float me_weight(const float* __restrict__ weight, int slot) {
 }
 
 // The CTA's (expert, first row, end row) for tile index `tile`: tiles are the m-blocks of
-// `bm` rows of each expert's segment, in expert order. False past the last tile.
+// `bm` rows of each expert's segment, in expert order, then (shared_rows > 0) those of the
+// shared expert's segment, expert index `experts`, rows [offset[experts], + shared_rows).
+// False past the last tile.
 L4_DEVICE bool me_find_tile(const int* __restrict__ offset, int experts, int bm, int tile, int& expert, int& row0,
-                            int& row1) {
+                            int& row1, int shared_rows) {
     int before = 0;
     for (int e = 0; e < experts; ++e) {
         const int start = offset[e];
@@ -105,8 +116,19 @@ L4_DEVICE bool me_find_tile(const int* __restrict__ offset, int experts, int bm,
         }
         before += tiles;
     }
+    if (shared_rows > 0 && tile < before + (shared_rows + bm - 1) / bm) {
+        const int start = offset[experts];
+        expert = experts;
+        row0 = start + (tile - before) * bm;
+        row1 = min(row0 + bm, start + shared_rows);
+        return true;
+    }
     return false;
 }
+
+// The slot of sorted row r: routed rows (r < slots) through the sort, shared rows are their own
+// slot (slot slots + token).
+L4_DEVICE int me_slot_of_row(const int* __restrict__ sorted, int slots, int r) { return r < slots ? sorted[r] : r; }
 
 // The expert owning sorted row r (offset[e] ≤ r < offset[e + 1]), by binary search.
 L4_DEVICE int me_expert_of_row(const int* __restrict__ offset, int experts, int r) {
@@ -124,14 +146,19 @@ L4_DEVICE int me_expert_of_row(const int* __restrict__ offset, int experts, int 
 
 // ---- 1. gather (and scale) the expert inputs in sorted order ----
 
+// Rows [slots, slots + shared_rows) are the shared expert's: x[r − slots] unscaled.
 template <int DT>
 L4_DEVICE void me_gather(const typename MeElem<DT>::T* __restrict__ x, const int* __restrict__ sorted,
                          const float* __restrict__ slot_weight, typename MeElem<DT>::T* __restrict__ xs, int slots, int k,
-                         int d) {
-    const i64 total = (i64)slots * d;
+                         int d, int shared_rows) {
+    const i64 total = (i64)(slots + shared_rows) * d;
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
         const int r = (int)(i / d);
         const int c = (int)(i % d);
+        if (r >= slots) {
+            xs[i] = x[(i64)(r - slots) * d + c];
+            continue;
+        }
         const int slot = sorted[r];
         const float v = MeElem<DT>::load(x, (i64)(slot / k) * d + c);
         MeElem<DT>::store(xs, i, slot_weight ? v * me_weight<DT>(slot_weight, slot) : v);
@@ -140,8 +167,8 @@ L4_DEVICE void me_gather(const typename MeElem<DT>::T* __restrict__ x, const int
 
 #define ME_GATHER(NAME, DT)                                                                                      \
     extern "C" __global__ void NAME(const MeElem<DT>::T* x, const int* sorted, const float* slot_weight,          \
-                                    MeElem<DT>::T* xs, int slots, int k, int d) {                                \
-        me_gather<DT>(x, sorted, slot_weight, xs, slots, k, d);                                                  \
+                                    MeElem<DT>::T* xs, int slots, int k, int d, int shared_rows) {               \
+        me_gather<DT>(x, sorted, slot_weight, xs, slots, k, d, shared_rows);                                     \
     }
 ME_GATHER(me_gather_f32, 0)
 ME_GATHER(me_gather_bf16, 1)
@@ -216,7 +243,8 @@ L4_DEVICE void me_gemm(const unsigned short* __restrict__ a, const unsigned shor
                        const int* __restrict__ offset, int experts, int K, int N, unsigned short* __restrict__ h_out,
                        const int* __restrict__ sorted, const float* __restrict__ out_weight, int k_slots,
                        const unsigned short* __restrict__ shared, unsigned short* __restrict__ out,
-                       float* __restrict__ slot_out, int slots, int ktiles_per_split) {
+                       float* __restrict__ slot_out, int slots, int ktiles_per_split,
+                       const unsigned short* __restrict__ shared_w, int shared_rows) {
     constexpr int DT = BF16 ? 1 : 2;
     constexpr int BM = 16 * MT * WM;
     constexpr int BN = 8 * NT * WN;  // B-tile columns
@@ -227,11 +255,12 @@ L4_DEVICE void me_gemm(const unsigned short* __restrict__ a, const unsigned shor
     __shared__ __align__(16) unsigned short Bs[STAGES][ME_BK][BN + ME_PAD];
 
     int expert, row0, row1;
-    if (!me_find_tile(offset, experts, BM, blockIdx.x, expert, row0, row1)) return;
+    if (!me_find_tile(offset, experts, BM, blockIdx.x, expert, row0, row1, shared_rows)) return;
     const int rows = row1 - row0;
     const int n0 = blockIdx.y * BN_OUT;
     const i64 ldw = GATE_UP ? 2 * (i64)N : (i64)N;
-    const unsigned short* wexp = w + (i64)expert * K * ldw;
+    // The shared expert (index `experts`) has its own weights, in the routed experts' layout.
+    const unsigned short* wexp = expert == experts ? shared_w : w + (i64)expert * K * ldw;
     const int tid = threadIdx.x;
     const int lane = tid & 31;
     const int warp = tid >> 5;
@@ -327,15 +356,15 @@ L4_DEVICE void me_gemm(const unsigned short* __restrict__ a, const unsigned shor
                     *(u32*)(h_out + (i64)(row0 + r) * N + hcol) = packed;
                 }
             } else {
-                const int slot = sorted[row0 + r];
+                const int slot = me_slot_of_row(sorted, slots, row0 + r);
 #pragma unroll
                 for (int nt = 0; nt < NT; ++nt) {
                     const int col = n0 + wn * NT * 8 + nt * 8 + (lane & 3) * 2;
                     if (col >= N) continue;
                     me_down_store<DT>(acc[mt][nt][2 * half], slot, k_slots, col, N, out_weight, shared, out, slot_out,
-                                      blockIdx.z, slots);
+                                      blockIdx.z, slots + shared_rows);
                     me_down_store<DT>(acc[mt][nt][2 * half + 1], slot, k_slots, col + 1, N, out_weight, shared, out,
-                                      slot_out, blockIdx.z, slots);
+                                      slot_out, blockIdx.z, slots + shared_rows);
                 }
             }
         }
@@ -350,9 +379,10 @@ L4_DEVICE void me_gemm(const unsigned short* __restrict__ a, const unsigned shor
 #define ME_GATE_UP(NAME, BF16, SHAPE, THREADS)                                                               \
     extern "C" __global__ void __launch_bounds__(THREADS) NAME(const unsigned short* xs, const unsigned short* w, \
                                                                const int* offset, int experts, int d, int f,     \
-                                                               unsigned short* h) {                              \
+                                                               unsigned short* h, const unsigned short* shared_w, \
+                                                               int shared_rows) {                                \
         me_gemm<BF16, SHAPE, true>(xs, w, offset, experts, d, f, h, nullptr, nullptr, 1, nullptr, nullptr,        \
-                                   nullptr, 0, 1 << 30);                                                         \
+                                   nullptr, 0, 1 << 30, shared_w, shared_rows);                                  \
     }
 ME_GATE_UP(me_gate_up_bf16_wide, true, ME_WIDE, 128)
 ME_GATE_UP(me_gate_up_f16_wide, false, ME_WIDE, 128)
@@ -363,9 +393,10 @@ ME_GATE_UP(me_gate_up_f16_decode, false, ME_DECODE, 128)
     extern "C" __global__ void __launch_bounds__(THREADS)                                                        \
         NAME(const unsigned short* h, const unsigned short* w, const int* offset, int experts, int f, int d,     \
              const int* sorted, const float* out_weight, int k, const unsigned short* shared,                    \
-             unsigned short* out, float* slot_out, int slots, int ktiles_per_split) {                            \
+             unsigned short* out, float* slot_out, int slots, int ktiles_per_split,                              \
+             const unsigned short* shared_w, int shared_rows) {                                                  \
         me_gemm<BF16, SHAPE, false>(h, w, offset, experts, f, d, nullptr, sorted, out_weight, k, shared, out,    \
-                                    slot_out, slots, ktiles_per_split);                                          \
+                                    slot_out, slots, ktiles_per_split, shared_w, shared_rows);                   \
     }
 ME_DOWN(me_down_bf16_wide, true, ME_WIDE, 128)
 ME_DOWN(me_down_f16_wide, false, ME_WIDE, 128)
@@ -378,13 +409,14 @@ ME_DOWN(me_down_f16_decode, false, ME_DECODE, 128)
 template <int DT>
 L4_DEVICE void me_gate_up_scalar(const typename MeElem<DT>::T* __restrict__ xs, const typename MeElem<DT>::T* __restrict__ w,
                                  const int* __restrict__ offset, int experts, int slots, int d, int f,
-                                 typename MeElem<DT>::T* __restrict__ h) {
-    const i64 total = (i64)slots * f;
+                                 typename MeElem<DT>::T* __restrict__ h,
+                                 const typename MeElem<DT>::T* __restrict__ shared_w, int shared_rows) {
+    const i64 total = (i64)(slots + shared_rows) * f;
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
         const int r = (int)(i / f);
         const int c = (int)(i % f);
-        const int e = me_expert_of_row(offset, experts, r);
-        const typename MeElem<DT>::T* we = w + (i64)e * d * 2 * f;
+        const typename MeElem<DT>::T* we =
+            r >= slots ? shared_w : w + (i64)me_expert_of_row(offset, experts, r) * d * 2 * f;
         float g = 0.0f, u = 0.0f;
         for (int kk = 0; kk < d; ++kk) {
             const float xv = MeElem<DT>::load(xs, (i64)r * d + kk);
@@ -400,29 +432,34 @@ L4_DEVICE void me_down_scalar(const typename MeElem<DT>::T* __restrict__ h, cons
                               const int* __restrict__ offset, int experts, int slots, int f, int d,
                               const int* __restrict__ sorted, const float* __restrict__ out_weight, int k,
                               const typename MeElem<DT>::T* __restrict__ shared, typename MeElem<DT>::T* __restrict__ out,
-                              float* __restrict__ slot_out) {
-    const i64 total = (i64)slots * d;
+                              float* __restrict__ slot_out, const typename MeElem<DT>::T* __restrict__ shared_w,
+                              int shared_rows) {
+    const i64 total = (i64)(slots + shared_rows) * d;
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
         const int r = (int)(i / d);
         const int c = (int)(i % d);
-        const int e = me_expert_of_row(offset, experts, r);
-        const typename MeElem<DT>::T* we = w + (i64)e * f * d;
+        const typename MeElem<DT>::T* we =
+            r >= slots ? shared_w : w + (i64)me_expert_of_row(offset, experts, r) * f * d;
         float acc = 0.0f;
         for (int kk = 0; kk < f; ++kk)
             acc = fmaf(MeElem<DT>::load(h, (i64)r * f + kk), MeElem<DT>::load(we, (i64)kk * d + c), acc);
-        me_down_store<DT>(acc, sorted[r], k, c, d, out_weight, shared, out, slot_out, 0, slots);
+        me_down_store<DT>(acc, me_slot_of_row(sorted, slots, r), k, c, d, out_weight, shared, out, slot_out, 0,
+                          slots + shared_rows);
     }
 }
 
 #define ME_SCALAR(GU, DN, DT)                                                                                    \
     extern "C" __global__ void GU(const MeElem<DT>::T* xs, const MeElem<DT>::T* w, const int* offset, int experts, \
-                                  int slots, int d, int f, MeElem<DT>::T* h) {                                   \
-        me_gate_up_scalar<DT>(xs, w, offset, experts, slots, d, f, h);                                           \
+                                  int slots, int d, int f, MeElem<DT>::T* h, const MeElem<DT>::T* shared_w,      \
+                                  int shared_rows) {                                                             \
+        me_gate_up_scalar<DT>(xs, w, offset, experts, slots, d, f, h, shared_w, shared_rows);                    \
     }                                                                                                            \
     extern "C" __global__ void DN(const MeElem<DT>::T* h, const MeElem<DT>::T* w, const int* offset, int experts, \
                                   int slots, int f, int d, const int* sorted, const float* out_weight, int k,    \
-                                  const MeElem<DT>::T* shared, MeElem<DT>::T* out, float* slot_out) {            \
-        me_down_scalar<DT>(h, w, offset, experts, slots, f, d, sorted, out_weight, k, shared, out, slot_out);    \
+                                  const MeElem<DT>::T* shared, MeElem<DT>::T* out, float* slot_out,              \
+                                  const MeElem<DT>::T* shared_w, int shared_rows) {                              \
+        me_down_scalar<DT>(h, w, offset, experts, slots, f, d, sorted, out_weight, k, shared, out, slot_out,     \
+                           shared_w, shared_rows);                                                               \
     }
 ME_SCALAR(me_gate_up_scalar_f32, me_down_scalar_f32, 0)
 ME_SCALAR(me_gate_up_scalar_bf16, me_down_scalar_bf16, 1)
@@ -430,17 +467,26 @@ ME_SCALAR(me_gate_up_scalar_f16, me_down_scalar_f16, 2)
 
 // ---- 4. the fixed-order combine for k > 1 ----
 
-// slot_out [splits, slots, d] f32 partial sums; slots = tokens·k.
+// slot_out [splits, rows, d] f32 partial sums; rows = tokens·k routed slots, then (fused shared
+// expert, shared_rows = tokens) one shared slot per token, never weighted. The sum starts from
+// the shared expert's f32 output (or the given shared output row, or 0) and adds the routed
+// slots in slot order.
 template <int DT>
 L4_DEVICE void me_combine(const float* __restrict__ slot_out, int splits, const float* __restrict__ out_weight,
                           const typename MeElem<DT>::T* __restrict__ shared, typename MeElem<DT>::T* __restrict__ out,
-                          int tokens, int k, int d) {
+                          int tokens, int k, int d, int shared_rows) {
     const i64 total = (i64)tokens * d;
-    const i64 slots = (i64)tokens * k;
+    const i64 routed = (i64)tokens * k;
+    const i64 slots = routed + shared_rows;
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
         const i64 t = i / d;
         const int c = (int)(i % d);
-        float sum = shared ? MeElem<DT>::load(shared, i) : 0.0f;
+        float sum = 0.0f;
+        if (shared_rows > 0) {
+            for (int z = 0; z < splits; ++z) sum += slot_out[(z * slots + routed + t) * d + c];
+        } else if (shared) {
+            sum = MeElem<DT>::load(shared, i);
+        }
         for (int j = 0; j < k; ++j) {
             const int slot = (int)(t * k + j);
             float y = 0.0f;
@@ -453,8 +499,9 @@ L4_DEVICE void me_combine(const float* __restrict__ slot_out, int splits, const 
 
 #define ME_COMBINE(NAME, DT)                                                                                     \
     extern "C" __global__ void NAME(const float* slot_out, int splits, const float* out_weight,                  \
-                                    const MeElem<DT>::T* shared, MeElem<DT>::T* out, int tokens, int k, int d) { \
-        me_combine<DT>(slot_out, splits, out_weight, shared, out, tokens, k, d);                                 \
+                                    const MeElem<DT>::T* shared, MeElem<DT>::T* out, int tokens, int k, int d,   \
+                                    int shared_rows) {                                                           \
+        me_combine<DT>(slot_out, splits, out_weight, shared, out, tokens, k, d, shared_rows);                    \
     }
 ME_COMBINE(me_combine_f32, 0)
 ME_COMBINE(me_combine_bf16, 1)
@@ -526,7 +573,7 @@ L4_DEVICE void me_fp8_gate_up(const l4_fp8* __restrict__ xq, const float* __rest
                               const int* __restrict__ offset, int experts, int d, int f,
                               typename MeElem<DT>::T* __restrict__ h) {
     int expert, row0, row1;
-    if (!me_find_tile(offset, experts, ME_FP8_ROWS, blockIdx.x, expert, row0, row1)) return;
+    if (!me_find_tile(offset, experts, ME_FP8_ROWS, blockIdx.x, expert, row0, row1, 0)) return;
     const int c = blockIdx.y * ME_FP8_WARPS + (threadIdx.x >> 5);
     if (c >= f) return;
     const int rows = row1 - row0;
@@ -553,7 +600,7 @@ L4_DEVICE void me_fp8_down(const l4_fp8* __restrict__ hq, const float* __restric
                            const float* __restrict__ out_weight, int k, const typename MeElem<DT>::T* __restrict__ shared,
                            typename MeElem<DT>::T* __restrict__ out, float* __restrict__ slot_out, int slots) {
     int expert, row0, row1;
-    if (!me_find_tile(offset, experts, ME_FP8_ROWS, blockIdx.x, expert, row0, row1)) return;
+    if (!me_find_tile(offset, experts, ME_FP8_ROWS, blockIdx.x, expert, row0, row1, 0)) return;
     const int c = blockIdx.y * ME_FP8_WARPS + (threadIdx.x >> 5);
     if (c >= d) return;
     const int rows = row1 - row0;
@@ -646,7 +693,7 @@ L4_DEVICE void me_fp8_mma(const l4_fp8* __restrict__ a, const float* __restrict_
     __shared__ __align__(16) unsigned char Bs[STAGES][BN][ME_Q_BK + ME_Q_PAD];
 
     int expert, row0, row1;
-    if (!me_find_tile(offset, experts, BM, blockIdx.x, expert, row0, row1)) return;
+    if (!me_find_tile(offset, experts, BM, blockIdx.x, expert, row0, row1, 0)) return;
     const int rows = row1 - row0;
     const int n0 = blockIdx.y * BN_OUT;
     const i64 rows_w = GATE_UP ? 2 * (i64)N : (i64)N;

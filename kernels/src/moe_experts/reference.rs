@@ -41,12 +41,13 @@ fn swiglu(g: f64, u: f64) -> f64 {
 }
 
 /// The expert inputs `[S, d]` in sorted-row order, in `x`'s dtype: `round(x[token] · w)` for
-/// [`WeightOn::Input`] (formed in f32, as the CUDA gather forms them), else `x[token]`.
-pub fn gather_inputs(x: &Tensor, routed: &RoutedTokens, weight_on: WeightOn, k: usize) -> Result<Tensor> {
-    let d = x.shape()[1];
+/// [`WeightOn::Input`] (formed in f32, as the CUDA gather forms them), else `x[token]`; with
+/// `shared`, then the shared expert's rows `x [t, d]`, never scaled (`[S + t, d]`).
+pub fn gather_inputs(x: &Tensor, routed: &RoutedTokens, weight_on: WeightOn, k: usize, shared: bool) -> Result<Tensor> {
+    let (t, d) = (x.shape()[0], x.shape()[1]);
     let (sorted, _, weight) = host_routing(routed, x.dtype())?;
     let xv = x.to_f32_vec()?; // [t, d]
-    let inputs: Vec<f32> = sorted
+    let mut inputs: Vec<f32> = sorted
         .iter()
         .flat_map(|&slot| {
             let row = &xv[(slot as usize / k) * d..][..d];
@@ -57,24 +58,32 @@ pub fn gather_inputs(x: &Tensor, routed: &RoutedTokens, weight_on: WeightOn, k: 
             })
         })
         .collect();
-    Tensor::from_f32_vec(inputs, &[sorted.len(), d], x.dtype(), Device::Cpu)
+    let shared_rows = if shared { t } else { 0 };
+    inputs.extend_from_slice(&xv[..shared_rows * d]);
+    Tensor::from_f32_vec(inputs, &[sorted.len() + shared_rows, d], x.dtype(), Device::Cpu)
 }
 
-/// See [`super::gate_up_swiglu`].
+/// See [`super::gate_up_swiglu`] and [`super::gate_up_swiglu_with_shared`] (`shared_gate_up
+/// [d, 2f]` on rows `[S, S + t)`).
 pub fn gate_up_swiglu(
     x: &Tensor,
     routed: &RoutedTokens,
     gate_up: &Tensor,
     weight_on: WeightOn,
+    shared_gate_up: Option<&Tensor>,
     shape: ExpertShape,
 ) -> Result<Tensor> {
-    let ExpertShape { d, f, k, .. } = shape;
+    let ExpertShape { t, d, f, k, e } = shape;
     let (sorted, offset, _) = host_routing(routed, x.dtype())?;
-    let slots = sorted.len();
-    let a = gather_inputs(x, routed, weight_on, k)?.to_f32_vec()?; // [S, d]
-    let w = gate_up.to_f32_vec()?; // [e, d, 2f]
-    let experts = expert_of_rows(&offset, slots);
-    let mut h = vec![0f32; slots * f];
+    let rows = sorted.len() + if shared_gate_up.is_some() { t } else { 0 };
+    let a = gather_inputs(x, routed, weight_on, k, shared_gate_up.is_some())?.to_f32_vec()?; // [rows, d]
+    let mut w = gate_up.to_f32_vec()?; // [e, d, 2f], then the shared expert's [d, 2f] as expert e
+    if let Some(s) = shared_gate_up {
+        w.extend(s.to_f32_vec()?);
+    }
+    let mut experts = expert_of_rows(&offset, sorted.len());
+    experts.resize(rows, e);
+    let mut h = vec![0f32; rows * f];
     for (r, &e) in experts.iter().enumerate() {
         let we = &w[e * d * 2 * f..][..d * 2 * f];
         let ar = &a[r * d..][..d];
@@ -87,19 +96,21 @@ pub fn gate_up_swiglu(
             h[r * f + c] = swiglu(g, u) as f32;
         }
     }
-    Tensor::from_f32_vec(h, &[slots, f], x.dtype(), Device::Cpu)
+    Tensor::from_f32_vec(h, &[rows, f], x.dtype(), Device::Cpu)
 }
 
-/// See [`super::down_combine`].
+/// See [`super::down_combine`] (`shared [t, d]`, the shared expert's output) and
+/// [`super::down_combine_with_shared`] (`shared_down [f, d]` on rows `[S, S + t)` of `h`).
 pub fn down_combine(
     h: &Tensor,
     routed: &RoutedTokens,
     down: &Tensor,
     weight_on: WeightOn,
     shared: Option<&Tensor>,
+    shared_down: Option<&Tensor>,
     shape: ExpertShape,
 ) -> Result<Tensor> {
-    let ExpertShape { d, f, .. } = shape;
+    let ExpertShape { t, d, f, .. } = shape;
     let (sorted, offset, weight) = host_routing(routed, h.dtype())?;
     let slots = sorted.len();
     let hv = h.to_f32_vec()?; // [S, f]
@@ -123,17 +134,44 @@ pub fn down_combine(
             y[slot * d + c] = acc * scale;
         }
     }
-    combine(&y, shared, shape, h.dtype())
+    // The shared expert's output, unrounded (rows [S, S + t) times shared_down), or the given one.
+    let base = match shared_down {
+        Some(sd) => {
+            let ws = sd.to_f32_vec()?; // [f, d]
+            let mut ys = vec![0f64; t * d];
+            for (token, yrow) in ys.chunks_mut(d.max(1)).enumerate() {
+                let hr = &hv[(slots + token) * f..][..f];
+                for (c, yc) in yrow.iter_mut().enumerate() {
+                    *yc = hr
+                        .iter()
+                        .enumerate()
+                        .map(|(kk, &hv)| hv as f64 * ws[kk * d + c] as f64)
+                        .sum();
+                }
+            }
+            Some(ys)
+        }
+        None => shared_output(shared)?,
+    };
+    combine(&y, base.as_deref(), shape, h.dtype())
 }
 
-/// `out[t] = round(shared[t] + Σ_j y[t·k + j])` in f64, in slot order; `y [S, d]` by slot.
-fn combine(y: &[f64], shared: Option<&Tensor>, shape: ExpertShape, dtype: DType) -> Result<Tensor> {
+/// The shared expert's given output `[t, d]` in f64.
+fn shared_output(shared: Option<&Tensor>) -> Result<Option<Vec<f64>>> {
+    Ok(shared
+        .map(Tensor::to_f32_vec)
+        .transpose()?
+        .map(|s| s.into_iter().map(f64::from).collect()))
+}
+
+/// `out[t] = round(shared[t] + Σ_j y[t·k + j])` in f64: the shared expert's output first, then
+/// the routed slots in slot order; `y [S, d]` by slot, `shared [t, d]`.
+fn combine(y: &[f64], shared: Option<&[f64]>, shape: ExpertShape, dtype: DType) -> Result<Tensor> {
     let ExpertShape { t, d, k, .. } = shape;
-    let shared = shared.map(Tensor::to_f32_vec).transpose()?;
     let out: Vec<f32> = (0..t * d)
         .map(|i| {
             let (token, c) = (i / d, i % d);
-            let base = shared.as_ref().map_or(0.0, |s| s[i] as f64);
+            let base = shared.map_or(0.0, |s| s[i]);
             (0..k).fold(base, |sum, j| sum + y[(token * k + j) * d + c]) as f32
         })
         .collect();
@@ -203,5 +241,5 @@ pub fn fp8_down_combine(
             y[slot * d + c] = sum * sa[r] as f64 * ws[e * d + c] as f64 * scale;
         }
     }
-    combine(&y, shared, shape, dtype)
+    combine(&y, shared_output(shared)?.as_deref(), shape, dtype)
 }

@@ -2,14 +2,19 @@
 //! composed from plain ops (gather, matmul, silu, mul, matmul, scatter-add) within the bound
 //! derived in docs/numerics.md ("Grouped expert GEMM"), over random t, e, k, d, f with odd sizes
 //! and experts that get no token. On CUDA: the kernels against the reference within the same
-//! bound, and bitwise identical across two runs.
+//! bound, and bitwise identical across two runs. The shared expert fused into the launches is
+//! checked against the same block with the shared expert as one more routed expert, `e`, in
+//! every token's slot 0 with weight 1 (bitwise on the CPU; and through it against plain ops).
 
 use l4_core::testing::gamma;
 use l4_core::{DType, Device, Tensor};
 use proptest::prelude::*;
 
 use super::reference::expert_of_rows;
-use super::{WeightOn, down_combine, gate_up_swiglu, moe_experts};
+use super::{
+    SharedExpert, WeightOn, down_combine, down_combine_with_shared, gate_up_swiglu, gate_up_swiglu_with_shared,
+    moe_experts, moe_experts_with_shared,
+};
 use crate::moe_routing::{RouteKind, RoutedTokens};
 use crate::ops;
 use crate::testing::{Rng, fresh_seed, gpu_with_nvrtc_or_skip, nvrtc_or_skip};
@@ -32,6 +37,8 @@ struct Problem {
     down: Tensor,           // [e, f, d]
     shared: Option<Tensor>, // [t, d]
     routed: RoutedTokens,
+    /// A shared expert in the routed layout, for the fused-shared tests: `[d, 2f]`, `[f, d]`.
+    shared_expert: (Tensor, Tensor),
 }
 
 fn values(n: usize, scale: f32, rng: &mut Rng) -> Vec<f32> {
@@ -85,7 +92,83 @@ fn problem(dtype: DType, t: usize, d: usize, f: usize, e: usize, k: usize, share
         down: tensor(&[e, f, d], 1.0 / (f as f32).sqrt(), &mut rng),
         shared: shared.then(|| tensor(&[t, d], 1.0, &mut rng)),
         routed,
+        shared_expert: (
+            tensor(&[d, 2 * f], 1.0 / (d as f32).sqrt(), &mut rng),
+            tensor(&[f, d], 1.0 / (f as f32).sqrt(), &mut rng),
+        ),
     }
+}
+
+/// `p`'s shared expert as a routed one: expert `e` (weights stacked after the routed experts'),
+/// in slot 0 of every token with weight 1, the routed choices moved to slots 1..=k; no shared
+/// output. Its sorted rows are `p`'s routed rows (the same experts, tokens and order) followed by
+/// expert e's, one per token in token order: the layout of the fused shared expert's rows.
+fn shared_as_routed(p: &Problem) -> Problem {
+    let (t, k) = (p.t, p.k);
+    let kk = k + 1;
+    let i32s = |x: &Tensor| x.to_vec::<i32>().unwrap();
+    let (experts, weights) = (i32s(&p.routed.topk_expert), p.routed.topk_weight.to_f32_vec().unwrap());
+    let (counts, offset, sorted) = (
+        i32s(&p.routed.expert_count),
+        i32s(&p.routed.expert_offset),
+        i32s(&p.routed.sorted_slots),
+    );
+    let e = counts.len();
+    let (mut topk_expert, mut topk_weight) = (Vec::new(), Vec::new());
+    for token in 0..t {
+        topk_expert.push(e as i32);
+        topk_weight.push(1.0f32);
+        topk_expert.extend_from_slice(&experts[token * k..][..k]);
+        topk_weight.extend_from_slice(&weights[token * k..][..k]);
+    }
+    let moved = |slot: i32| (slot / k as i32) * kk as i32 + slot % k as i32 + 1;
+    let mut sorted_slots: Vec<i32> = sorted.iter().map(|&s| moved(s)).collect();
+    sorted_slots.extend((0..t).map(|token| (token * kk) as i32));
+    let mut expert_count = counts.clone();
+    expert_count.push(t as i32);
+    let mut expert_offset = offset.clone();
+    expert_offset.push((t * kk) as i32);
+    let ints = |v: Vec<i32>, shape: &[usize]| Tensor::from_vec(v, shape, Device::Cpu).unwrap();
+    let routed = RoutedTokens {
+        topk_expert: ints(topk_expert, &[t, kk]),
+        topk_weight: Tensor::from_f32_vec(topk_weight, &[t, kk], DType::F32, Device::Cpu).unwrap(),
+        expert_count: ints(expert_count, &[e + 1]),
+        expert_offset: ints(expert_offset, &[e + 2]),
+        sorted_slots: ints(sorted_slots, &[t * kk]),
+    };
+    let (sg, sd) = &p.shared_expert;
+    let stack = |routed_w: &Tensor, shared_w: &Tensor| {
+        let one: Vec<usize> = std::iter::once(1).chain(shared_w.shape().iter().copied()).collect();
+        ops::cat(&[routed_w, &shared_w.reshape(&one).unwrap()], 0).unwrap()
+    };
+    Problem {
+        dtype: p.dtype,
+        weight_on: p.weight_on,
+        t,
+        d: p.d,
+        f: p.f,
+        k: kk,
+        x: p.x.clone(),
+        gate_up: stack(&p.gate_up, sg),
+        down: stack(&p.down, sd),
+        shared: None,
+        routed,
+        shared_expert: p.shared_expert.clone(),
+    }
+}
+
+/// `p`'s block with its shared expert fused into the grouped launches, on `p`'s device.
+fn with_shared(p: &Problem) -> Tensor {
+    let (gate_up, down) = (&p.shared_expert.0, &p.shared_expert.1);
+    moe_experts_with_shared(
+        &p.x,
+        &p.routed,
+        &p.gate_up,
+        &p.down,
+        p.weight_on,
+        SharedExpert { gate_up, down },
+    )
+    .unwrap()
 }
 
 /// The block from plain ops, one token-slot at a time: row gather, optional input scale,
@@ -293,6 +376,26 @@ proptest! {
         check(&got, &want, &bound, &format!("t {t} d {d} f {f} e {e} k {k} {:?}", p.weight_on));
     }
 
+    /// The fused shared expert is expert e in every token's slot 0 with weight 1 (applied
+    /// nowhere): `h` and the output are bitwise those of that routed block (f64 reference: adding
+    /// the shared output to 0 first is exact), which is within its derived bound of the same
+    /// block composed from plain ops (the shared expert's SwiGLU on the unscaled input, added
+    /// first).
+    #[test]
+    fn shared_expert_is_expert_e_with_weight_one((t, d, f, e, k, _shared, seed) in sizes()) {
+        let p = problem(DType::F32, t, d, f, e, k, false, seed);
+        let q = shared_as_routed(&p);
+        let h = gate_up_swiglu_with_shared(&p.x, &p.routed, &p.gate_up, p.weight_on, &p.shared_expert.0).unwrap();
+        prop_assert_eq!(h.shape(), &[t * k + t, f][..]);
+        prop_assert_eq!(bits(&h), bits(&gate_up_swiglu(&q.x, &q.routed, &q.gate_up, q.weight_on).unwrap()));
+        let out = down_combine_with_shared(&h, &p.routed, &p.down, p.weight_on, &p.shared_expert.1).unwrap();
+        prop_assert_eq!(bits(&out), bits(&with_shared(&p)));
+        prop_assert_eq!(bits(&out), bits(&moe_experts(&q.x, &q.routed, &q.gate_up, &q.down, q.weight_on, None).unwrap()));
+        let (hb, hx, _) = h_bounds(&q);
+        let bound: Vec<f64> = out_bounds(&q, &hx, &hb, q.k + 2).into_iter().map(|b| 2.0 * b).collect();
+        check(&out, &composed(&q), &bound, &format!("shared: t {t} d {d} f {f} e {e} k {k} {:?}", p.weight_on));
+    }
+
     /// The sorted rows of `h` are the right experts' outputs for the right tokens: permuting the
     /// experts' weights and the router's columns together leaves the block unchanged.
     #[test]
@@ -335,6 +438,13 @@ fn bf16_reference_is_within_the_bound_of_plain_ops() {
         let want = composed(&p);
         let bound = composed_bound(&p);
         check(&got, &want, &bound, &format!("bf16 seed {seed} case {case}"));
+        let q = shared_as_routed(&p);
+        check(
+            &with_shared(&p),
+            &composed(&q),
+            &composed_bound(&q),
+            &format!("bf16 shared expert seed {seed} case {case}"),
+        );
     }
 }
 
@@ -417,6 +527,7 @@ fn cuda_matches_the_reference_bitwise_reproducibly() {
             down: dn.clone(),
             shared: shared.clone(),
             routed: routed.clone(),
+            shared_expert: (on(&p.shared_expert.0), on(&p.shared_expert.1)),
         };
         check(
             &block,
@@ -424,6 +535,78 @@ fn cuda_matches_the_reference_bitwise_reproducibly() {
             &composed_bound(&p),
             &format!("{context}: plain ops"),
         );
+    }
+}
+
+/// The shared expert fused into the grouped launches on CUDA against the reference (through the
+/// equivalent routed block's bounds: expert e in slot 0 with weight 1): `h` within twice its
+/// bound, `out` from the kernel's own `h` within twice the down bound, the whole block within
+/// twice the full bound; every launch twice with identical bits. Covers the decode shape with a
+/// split reduction, the wide shape, k = 1 (where the routed-only path stores directly) and the
+/// scalar kernels.
+#[test]
+fn cuda_shared_expert_matches_the_reference_bitwise_reproducibly() {
+    let Some(backend) = gpu_with_nvrtc_or_skip("moe_experts cuda_shared_expert_matches_the_reference") else {
+        return;
+    };
+    let device = Device::Cuda(backend.info().ordinal);
+    let seed = fresh_seed();
+    let mut rng = Rng(seed);
+    let cases: Vec<(DType, usize, usize, usize, usize, usize)> = vec![
+        (DType::BF16, 1, 64, 64, 16, 1),     // decode, one token
+        (DType::BF16, 3, 512, 1000, 4, 1),   // decode, down split over f, a K tail
+        (DType::F16, 40, 64, 72, 4, 2),      // decode shape, k = 2
+        (DType::BF16, 64, 128, 96, 8, 1),    // decode shape at its limit: 64 routed + 64 shared rows
+        (DType::BF16, 300, 136, 200, 16, 1), // wide shape, ragged segments, shared segment of 300 rows
+        (DType::F16, 130, 64, 40, 5, 3),     // wide shape, k = 3
+        (DType::BF16, 20, 30, 14, 3, 2),     // scalar path
+        (DType::F32, 17, 24, 16, 4, 1),      // scalar path, f32
+    ];
+    for (case, &(dtype, t, d, f, e, k)) in cases.iter().enumerate() {
+        let p = problem(dtype, t, d, f, e, k, false, rng.next());
+        let q = shared_as_routed(&p);
+        let context = format!(
+            "seed {seed} case {case} {dtype:?} t {t} d {d} f {f} e {e} k {k} {:?}",
+            p.weight_on
+        );
+        let on = |x: &Tensor| x.to_device(device).unwrap();
+        let routed = RoutedTokens {
+            topk_expert: on(&p.routed.topk_expert),
+            topk_weight: on(&p.routed.topk_weight),
+            expert_count: on(&p.routed.expert_count),
+            expert_offset: on(&p.routed.expert_offset),
+            sorted_slots: on(&p.routed.sorted_slots),
+        };
+        let (x, gu, dn) = (on(&p.x), on(&p.gate_up), on(&p.down));
+        let (sg, sd) = (on(&p.shared_expert.0), on(&p.shared_expert.1));
+        let (hb, hx, _) = h_bounds(&q);
+        let h = gate_up_swiglu_with_shared(&x, &routed, &gu, p.weight_on, &sg).unwrap();
+        let h_again = gate_up_swiglu_with_shared(&x, &routed, &gu, p.weight_on, &sg).unwrap();
+        assert_eq!(bits(&h), bits(&h_again), "{context}: h not reproducible");
+        let h_want = gate_up_swiglu_with_shared(&p.x, &p.routed, &p.gate_up, p.weight_on, &p.shared_expert.0).unwrap();
+        let twice: Vec<f64> = hb.iter().map(|b| 2.0 * b).collect();
+        check(&h, &h_want, &twice, &format!("{context}: h"));
+
+        let out = down_combine_with_shared(&h, &routed, &dn, p.weight_on, &sd).unwrap();
+        let out_again = down_combine_with_shared(&h, &routed, &dn, p.weight_on, &sd).unwrap();
+        assert_eq!(bits(&out), bits(&out_again), "{context}: out not reproducible");
+        let h_host = h.to_device(Device::Cpu).unwrap();
+        let h_kernel: Vec<f64> = h_host.to_f32_vec().unwrap().into_iter().map(f64::from).collect();
+        let out_want = down_combine_with_shared(&h_host, &p.routed, &p.down, p.weight_on, &p.shared_expert.1).unwrap();
+        let zero = vec![0.0; h_kernel.len()];
+        let down_bound: Vec<f64> = out_bounds(&q, &h_kernel, &zero, 1)
+            .into_iter()
+            .map(|b| 2.0 * b)
+            .collect();
+        check(&out, &out_want, &down_bound, &format!("{context}: down"));
+
+        let shared = SharedExpert {
+            gate_up: &sg,
+            down: &sd,
+        };
+        let block = moe_experts_with_shared(&x, &routed, &gu, &dn, p.weight_on, shared).unwrap();
+        let block_bound: Vec<f64> = out_bounds(&q, &hx, &hb, 1).into_iter().map(|b| 2.0 * b).collect();
+        check(&block, &with_shared(&p), &block_bound, &format!("{context}: block"));
     }
 }
 
