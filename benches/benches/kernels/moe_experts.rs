@@ -2,8 +2,12 @@
 //! experts) and Maverick (128), top-1, d 5120, f 8192, with the shared expert, at
 //! T ∈ {1, 4, 16, 64, 512, 4096, 16384} tokens, bf16 and FP8 routed experts:
 //!
-//! * `moe_block_grouped`: `moe_routing::route` then `moe_experts` (gate_up with SwiGLU fused,
-//!   down with the shared expert and the combine fused), bf16 on tensor cores;
+//! * `moe_block_grouped`: `moe_routing::route` then `moe_experts_with_shared` (gate_up with
+//!   SwiGLU fused, down with the combine fused, the shared expert as one more expert in both
+//!   launches), bf16 on tensor cores;
+//! * `moe_block_grouped_separate_shared`: the same kernels for the routed experts only, the
+//!   shared expert as three cuBLASLt GEMMs whose output the down launch adds (the form before
+//!   the shared expert joined the launches);
 //! * `moe_block_composed`: the same routing, then per chosen expert a row gather and two
 //!   cuBLASLt GEMMs (`ops::matmul`) with silu ⊙ up between them, gathered back per token and
 //!   added to the shared expert: what the model ran before `moe_experts`;
@@ -13,7 +17,7 @@
 //! * `moe_block_composed_fp8`: per chosen expert, per-token quantization and cuBLASLt's FP8
 //!   GEMM (l4's FP8 GEMM on the CPU), twice.
 //!
-//! The shared expert runs as three bf16 cuBLASLt GEMMs in every variant. Throughput: elements =
+//! The shared expert runs as three bf16 cuBLASLt GEMMs in every other variant. Throughput: elements =
 //! FLOPs (routed `2·T·3·d·f` plus the shared expert's, i.e. TFLOP/s for prefill sizes); bytes =
 //! the unique weight bytes read (each chosen expert's weights once, the shared expert's) plus x
 //! and the output, i.e. the fraction of HBM bandwidth for decode sizes. Weights are random
@@ -25,7 +29,9 @@ use l4_benches::runner::{self, bench_op, randn, setup};
 use l4_benches::shapes::ModelDims;
 use l4_core::{DType, Device, Result, Tensor};
 use l4_kernels::fp8_gemm::{Epilogue, fp8_gemm};
-use l4_kernels::moe_experts::{Fp8Experts, WeightOn, fp8_moe_experts, moe_experts};
+use l4_kernels::moe_experts::{
+    Fp8Experts, SharedExpert, WeightOn, fp8_moe_experts, moe_experts, moe_experts_with_shared,
+};
 use l4_kernels::moe_routing::{RouteKind, RoutedTokens, route};
 use l4_kernels::ops;
 use l4_kernels::quant::{Granularity, Quantized, quantize};
@@ -259,6 +265,14 @@ fn bench_block(c: &mut Criterion, device: Device, block: &Block, tokens: &[usize
         stacked(e, d, 2 * f, 1000, device).and_then(|gu| Ok((gu, stacked(e, f, d, 2000, device)?))),
     ) {
         run_group(c, "moe_block_grouped", 2, &|x, logits| {
+            let routed = route(logits, RouteKind::Llama4)?;
+            let fused = SharedExpert {
+                gate_up: &shared.gate_up,
+                down: &shared.down,
+            };
+            moe_experts_with_shared(x, &routed, &gate_up, &down, WeightOn::Input, fused)
+        });
+        run_group(c, "moe_block_grouped_separate_shared", 2, &|x, logits| {
             let routed = route(logits, RouteKind::Llama4)?;
             moe_experts(x, &routed, &gate_up, &down, WeightOn::Input, Some(&shared.forward(x)?))
         });

@@ -1,7 +1,9 @@
 //! The MoE block: router, routed SwiGLU experts (only the chosen ones run), shared expert.
 
-use l4_core::{Device, Error, Result, Tensor};
-use l4_kernels::moe_experts::{Fp8Experts, WeightOn, fp8_moe_experts, moe_experts};
+use l4_core::{DType, Device, Error, Result, Tensor};
+use l4_kernels::moe_experts::{
+    Fp8Experts, SharedExpert, WeightOn, fp8_moe_experts, moe_experts, moe_experts_with_shared,
+};
 use l4_kernels::moe_routing::{MAX_EXPERTS, RouteKind, RoutedTokens, route};
 use l4_kernels::ops;
 use l4_kernels::quant::{Granularity, Quantized};
@@ -140,6 +142,67 @@ impl Experts {
     }
 }
 
+/// A block's shared expert in the routed experts' layout (`gate_up [d, 2f]`, gate in the first
+/// `f` columns; `down [f, d]`; applied as `x · W`), so that on a GPU it runs inside the grouped
+/// expert launches as one more expert ([`Moe::forward_with_fused_shared`]) instead of as three
+/// separate GEMMs. A copy: [`Linear`] holds HF's `[out, in]` weight privately, so the block
+/// cannot hand its own tensors to the kernels; it costs one expert's memory per block. Whoever
+/// keeps it next to the block rebuilds it whenever the shared expert changes (an FP8
+/// conversion), since the block cannot tell that a copy is still its own.
+#[derive(Clone, Debug)]
+pub struct FusedShared {
+    /// `[d, 2f]`.
+    gate_up: Tensor,
+    /// `[f, d]`.
+    down: Tensor,
+}
+
+impl FusedShared {
+    /// The shared expert's weights in the routed layout, on their own device, when it can join
+    /// the grouped kernels: dense (not FP8) in bf16 or f16. `None` otherwise. Each weight is
+    /// read out through its own linear applied to the identity (`I · Wᵀ = Wᵀ`): one nonzero
+    /// product per output in an f32-accumulating GEMM, so the copy is exact (f32 is left out,
+    /// as a GEMM may run it in TF32).
+    pub fn from_swiglu(shared: &SwiGlu, dtype: DType, device: Device) -> Result<Option<FusedShared>> {
+        let linears = [&shared.gate, &shared.up, &shared.down];
+        if !matches!(dtype, DType::BF16 | DType::F16) || linears.iter().any(|l| l.is_fp8()) {
+            return Ok(None);
+        }
+        let (d, f) = (shared.gate.in_features(), shared.gate.out_features());
+        let sizes = |l: &Linear| (l.in_features(), l.out_features());
+        if sizes(&shared.up) != (d, f) || sizes(&shared.down) != (f, d) {
+            return Err(Error::invalid(
+                "moe",
+                format!(
+                    "shared expert: gate {:?}, up {:?}, down {:?} (in, out) do not form a SwiGLU",
+                    (d, f),
+                    sizes(&shared.up),
+                    sizes(&shared.down)
+                ),
+            ));
+        }
+        let identity = |n: usize| -> Result<Tensor> {
+            let mut eye = vec![0f32; n * n];
+            eye.iter_mut().step_by(n + 1).for_each(|v| *v = 1.0);
+            Tensor::from_f32_vec(eye, &[n, n], dtype, device)
+        };
+        let eye_d = identity(d)?; // [d, d]
+        let gate_up = ops::cat(&[&shared.gate.forward(&eye_d)?, &shared.up.forward(&eye_d)?], 1)?; // [d, 2f]
+        let down = shared.down.forward(&identity(f)?)?; // [f, d]
+        Ok(Some(FusedShared { gate_up, down }))
+    }
+
+    /// `[d, 2f]`: gate in the first `f` columns.
+    pub fn gate_up(&self) -> &Tensor {
+        &self.gate_up
+    }
+
+    /// `[f, d]`.
+    pub fn down(&self) -> &Tensor {
+        &self.down
+    }
+}
+
 /// One MoE block's weights and its routing strategy.
 #[derive(Debug)]
 pub struct Moe {
@@ -214,6 +277,28 @@ impl Moe {
     /// GEMMs (plus a fixed-order combine when a token has several experts or the reduction is
     /// split), the shared expert's output added in the last one.
     pub fn forward_with_ids(&self, x: &Tensor, token_ids: Option<&[i64]>) -> Result<MoeOutput> {
+        self.forward_with_fused_shared(x, token_ids, None)
+    }
+
+    /// As [`Moe::forward_with_ids`], with `fused_shared`, this block's shared expert in the
+    /// routed layout ([`FusedShared::from_swiglu`] of `self.shared`; the caller keeps the two
+    /// in step): on a GPU, where the grouped kernels run experts in HF's fused layout in the
+    /// compute dtype and `fused_shared` has their dtype and width, the shared expert runs in the
+    /// same launches as expert `e` (every token, unscaled input, weight 1 nowhere) and each
+    /// token's output is `round(shared + Σ_j routed_j)` summed in f32, the shared expert first.
+    /// Anywhere else `fused_shared` is not used.
+    pub fn forward_with_fused_shared(
+        &self,
+        x: &Tensor,
+        token_ids: Option<&[i64]>,
+        fused_shared: Option<&FusedShared>,
+    ) -> Result<MoeOutput> {
+        if fused_shared.is_some() && self.shared.is_none() {
+            return Err(Error::invalid(
+                "moe",
+                "a fused shared expert was given to a block without a shared expert",
+            ));
+        }
         let [n, d] = x.shape()[..] else {
             return Err(Error::BadShape {
                 op: "moe",
@@ -265,10 +350,19 @@ impl Moe {
                 RouteKind::SoftmaxTopK { .. } => WeightOn::Output,
             };
             let shared = || self.shared.as_ref().map(|s| s.forward(x)).transpose();
+            let fused_shared =
+                fused_shared.filter(|s| s.gate_up.dtype() == x.dtype() && s.gate_up.shape() == [d, 2 * f]);
             let output = match &self.experts {
-                Experts::Fused { gate_up, down } if gate_up.dtype() == x.dtype() => {
-                    Some(moe_experts(x, routed, gate_up, down, weight_on, shared()?.as_ref())?)
-                }
+                Experts::Fused { gate_up, down } if gate_up.dtype() == x.dtype() => Some(match fused_shared {
+                    Some(s) => {
+                        let shared = SharedExpert {
+                            gate_up: &s.gate_up,
+                            down: &s.down,
+                        };
+                        moe_experts_with_shared(x, routed, gate_up, down, weight_on, shared)?
+                    }
+                    None => moe_experts(x, routed, gate_up, down, weight_on, shared()?.as_ref())?,
+                }),
                 Experts::PerExpert { stacked, .. } => match stacked {
                     Some(w) => Some(fp8_moe_experts(
                         x,
