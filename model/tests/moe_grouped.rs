@@ -146,6 +146,23 @@ fn fused_shared_holds_the_shared_weights_exactly() {
                 "{context}: up"
             );
             assert_eq!(bits(fused.down()), bits(&t(&down)), "{context}: down");
+            // Its views as a SwiGLU hold the same weights (read out through the identity again).
+            let views = fused.to_swiglu().unwrap();
+            let eye = |n: usize| {
+                let v: Vec<f32> = (0..n * n).map(|i| if i % (n + 1) == 0 { 1.0 } else { 0.0 }).collect();
+                Tensor::from_f32_vec(v, &[n, n], dtype, device).unwrap()
+            };
+            for (which, view, loaded, n) in [
+                ("gate", &views.gate, &shared.gate, d),
+                ("up", &views.up, &shared.up, d),
+                ("down", &views.down, &shared.down, f),
+            ] {
+                assert_eq!(
+                    bits(&view.forward(&eye(n)).unwrap()),
+                    bits(&loaded.forward(&eye(n)).unwrap()),
+                    "{context}: {which} view"
+                );
+            }
 
             let fp8 = SwiGlu {
                 gate: shared.gate.to_fp8().unwrap(),
@@ -196,17 +213,19 @@ fn the_gpu_moe_block_runs_the_shared_expert_in_the_grouped_kernels() {
     };
     let router = Linear::from_hf_weight(&randn(&[e, d], 6, 0.125)).unwrap();
     for spec in ["llama4", "softmax-topk:k=2"] {
+        // The block holds its shared expert as views of the fused copy (the weights held once).
+        let fused = FusedShared::from_swiglu(&swiglu(f, 3), DType::BF16, device)
+            .unwrap()
+            .unwrap();
         let moe = Moe {
             router: router.clone(),
             experts: Experts::Fused {
                 gate_up: gate_up.clone(),
                 down: down.clone(),
             },
-            shared: Some(swiglu(f, 3)),
+            shared: Some(fused.to_swiglu().unwrap()),
             strategy: router_by_name(spec).unwrap(),
         };
-        let shared = moe.shared.as_ref().unwrap();
-        let fused = FusedShared::from_swiglu(shared, DType::BF16, device).unwrap().unwrap();
         let out = moe.forward_with_fused_shared(&x, None, Some(&fused)).unwrap().output;
         let again = moe.forward_with_fused_shared(&x, None, Some(&fused)).unwrap().output;
         assert_eq!(bits(&out), bits(&again), "{spec}: not reproducible");

@@ -146,9 +146,10 @@ impl Experts {
 /// `f` columns; `down [f, d]`; applied as `x · W`), so that on a GPU it runs inside the grouped
 /// expert launches as one more expert ([`Moe::forward_with_fused_shared`]) instead of as three
 /// separate GEMMs. A copy: [`Linear`] holds HF's `[out, in]` weight privately, so the block
-/// cannot hand its own tensors to the kernels; it costs one expert's memory per block. Whoever
-/// keeps it next to the block rebuilds it whenever the shared expert changes (an FP8
-/// conversion), since the block cannot tell that a copy is still its own.
+/// cannot hand its own tensors to the kernels; it costs one expert's memory per block unless
+/// the block's shared expert is replaced by [`FusedShared::to_swiglu`], views of this copy (the
+/// weights then held once). Whoever keeps it next to the block rebuilds it whenever the shared
+/// expert changes (an FP8 conversion), since the block cannot tell that a copy is still its own.
 #[derive(Clone, Debug)]
 pub struct FusedShared {
     /// `[d, 2f]`.
@@ -190,6 +191,19 @@ impl FusedShared {
         let gate_up = ops::cat(&[&shared.gate.forward(&eye_d)?, &shared.up.forward(&eye_d)?], 1)?; // [d, 2f]
         let down = shared.down.forward(&identity(f)?)?; // [f, d]
         Ok(Some(FusedShared { gate_up, down }))
+    }
+
+    /// The shared expert as a [`SwiGlu`] whose linears view this copy's tensors (gate and up:
+    /// `[d, f]` column ranges of `gate_up`, read by the GEMM through their row pitch; down:
+    /// `down`), so a block that holds these instead of its loaded linears holds its shared
+    /// expert's weights once.
+    pub fn to_swiglu(&self) -> Result<SwiGlu> {
+        let f = self.down.shape()[0];
+        Ok(SwiGlu {
+            gate: Linear::from_in_out(self.gate_up.narrow(1, 0, f)?)?,
+            up: Linear::from_in_out(self.gate_up.narrow(1, f, f)?)?,
+            down: Linear::from_in_out(self.down.clone())?,
+        })
     }
 
     /// `[d, 2f]`: gate in the first `f` columns.
