@@ -7,9 +7,10 @@
 //   2. me_gate_up_*: h[r] = round(silu(xs[r]·Wg) ⊙ (xs[r]·Wu)) [S, f]; each CTA's B tile holds
 //      matching gate and up columns, so SwiGLU runs on the accumulators and the [S, 2f]
 //      projection never reaches memory.
-//   3. me_down_*: y = (h[r]·Wd)·w_out; with one expert per token and no split of the reduction
-//      the epilogue writes out[token] = round(shared[token] + y) directly (each token has exactly
-//      one row, no race); otherwise it writes the f32 partial sums h[r]·Wd per (split, slot) and
+//   3. me_down_*: y = (h[r]·Wd)·w_out; with one expert per token, no split of the reduction and
+//      no fused shared expert the epilogue writes out[token] = round(shared[token] + y) directly
+//      (each token has exactly one row, no race); otherwise it writes the f32 partial sums
+//      h[r]·Wd per (split, slot) and
 //   4. me_combine_*: y_s = (Σ_z partial[z][s])·w_out[s] in split order, then
 //      out[t] = round(shared[t] + y[t·k] + … + y[t·k + k − 1]) in slot order.
 //
@@ -465,7 +466,7 @@ ME_SCALAR(me_gate_up_scalar_f32, me_down_scalar_f32, 0)
 ME_SCALAR(me_gate_up_scalar_bf16, me_down_scalar_bf16, 1)
 ME_SCALAR(me_gate_up_scalar_f16, me_down_scalar_f16, 2)
 
-// ---- 4. the fixed-order combine for k > 1 ----
+// ---- 4. the fixed-order combine (k > 1, a split reduction, or a fused shared expert) ----
 
 // slot_out [splits, rows, d] f32 partial sums; rows = tokens·k routed slots, then (fused shared
 // expert, shared_rows = tokens) one shared slot per token, never weighted. The sum starts from
