@@ -9,7 +9,7 @@ use crate::parts::attention::{AttentionContext, AttentionShape, AttentionWeights
 use crate::parts::fp8::{Fp8Linear, Fp8Mode};
 use crate::parts::linear::Linear;
 use crate::parts::mlp::SwiGlu;
-use crate::parts::moe::{Experts, Moe};
+use crate::parts::moe::{Experts, FusedShared, Moe};
 use crate::parts::rope::RotaryTable;
 use crate::parts::router::{Routing, router_by_name};
 use crate::spec::{Ffn, LayerSpec, ModelSpec};
@@ -30,6 +30,9 @@ struct DecoderLayer {
     post_norm: Tensor,  // [d]
     attention: AttentionWeights,
     ffn: FfnBlock,
+    /// On a GPU, the MoE block's shared expert in the routed layout, run inside the grouped
+    /// expert launches (the block's own shared expert then views it).
+    fused_shared: Option<FusedShared>,
 }
 
 /// What [`Llama4::forward`] should record besides the logits.
@@ -159,6 +162,7 @@ impl Llama4 {
                 post_norm,
                 attention,
                 ffn,
+                fused_shared: None,
             });
         }
         let final_norm = source.take(&names.final_norm(), &[d])?;
@@ -167,7 +171,7 @@ impl Llama4 {
             false => linear(source, names.lm_head(), vec![v, d])?,
         };
         let rope = RotaryTable::new(&spec.rope, spec.head_dim);
-        Ok(Llama4 {
+        let mut model = Llama4 {
             spec,
             dtype,
             device,
@@ -177,7 +181,29 @@ impl Llama4 {
             lm_head,
             rope,
             vision: None,
-        })
+        };
+        model.fuse_shared_experts()?;
+        Ok(model)
+    }
+
+    /// On a GPU, puts every MoE block's shared expert into the routed experts' layout so it runs
+    /// inside the grouped expert launches, the block then viewing that copy (weights held once);
+    /// drops the fused form where the shared expert cannot join them (FP8, f32). Called after
+    /// anything that replaces a shared expert. On the CPU nothing is fused.
+    fn fuse_shared_experts(&mut self) -> Result<()> {
+        let (dtype, device) = (self.dtype, self.device);
+        for layer in &mut self.layers {
+            layer.fused_shared = None;
+            let FfnBlock::Moe(moe) = &mut layer.ffn else { continue };
+            let Some(shared) = moe.shared.as_ref().filter(|_| device.is_cuda()) else {
+                continue;
+            };
+            if let Some(fused) = FusedShared::from_swiglu(shared, dtype, device)? {
+                moe.shared = Some(fused.to_swiglu()?);
+                layer.fused_shared = Some(fused);
+            }
+        }
+        Ok(())
     }
 
     /// This model with `vision` as its vision tower (built on the same device and dtype).
@@ -341,7 +367,8 @@ impl Llama4 {
             let ffn_out = match &layer.ffn {
                 FfnBlock::Dense(mlp) => mlp.forward(&normed)?,
                 FfnBlock::Moe(moe) => {
-                    let out = moe.forward_with_ids(&normed, token_ids.as_deref())?;
+                    let out =
+                        moe.forward_with_fused_shared(&normed, token_ids.as_deref(), layer.fused_shared.as_ref())?;
                     if capture.router_logits {
                         output.router_logits.push((i, out.router_logits));
                         output.routing.push((i, out.routing));
@@ -442,6 +469,7 @@ impl Llama4 {
                 }
             }
         }
+        self.fuse_shared_experts()?;
         Ok(self)
     }
 }

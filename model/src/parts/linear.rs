@@ -54,6 +54,15 @@ impl Linear {
         }
     }
 
+    /// The compute-dtype weight as the GEMM reads it, `Wᵀ [in, out]` (a view, possibly
+    /// strided); `None` for FP8.
+    pub fn dense_in_out(&self) -> Option<&Tensor> {
+        match &self.weight {
+            Weight::Dense(w) => Some(w),
+            Weight::Fp8(_) => None,
+        }
+    }
+
     /// Input features.
     pub fn in_features(&self) -> usize {
         match &self.weight {

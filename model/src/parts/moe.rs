@@ -145,11 +145,11 @@ impl Experts {
 /// A block's shared expert in the routed experts' layout (`gate_up [d, 2f]`, gate in the first
 /// `f` columns; `down [f, d]`; applied as `x · W`), so that on a GPU it runs inside the grouped
 /// expert launches as one more expert ([`Moe::forward_with_fused_shared`]) instead of as three
-/// separate GEMMs. A copy: [`Linear`] holds HF's `[out, in]` weight privately, so the block
-/// cannot hand its own tensors to the kernels; it costs one expert's memory per block unless
-/// the block's shared expert is replaced by [`FusedShared::to_swiglu`], views of this copy (the
-/// weights then held once). Whoever keeps it next to the block rebuilds it whenever the shared
-/// expert changes (an FP8 conversion), since the block cannot tell that a copy is still its own.
+/// separate GEMMs. The kernels want gate and up side by side in one row-major tensor, which
+/// HF's separate `[out, in]` weights are not, hence a copy; the block's shared expert is then
+/// replaced by [`FusedShared::to_swiglu`], views of this copy, so the weights are held once.
+/// Whoever keeps it next to the block rebuilds it whenever the shared expert changes (an FP8
+/// conversion), since the block cannot tell that a copy is still its own.
 #[derive(Clone, Debug)]
 pub struct FusedShared {
     /// `[d, 2f]`.
@@ -160,10 +160,8 @@ pub struct FusedShared {
 
 impl FusedShared {
     /// The shared expert's weights in the routed layout, on their own device, when it can join
-    /// the grouped kernels: dense (not FP8) in bf16 or f16. `None` otherwise. Each weight is
-    /// read out through its own linear applied to the identity (`I · Wᵀ = Wᵀ`): one nonzero
-    /// product per output in an f32-accumulating GEMM, so the copy is exact (f32 is left out,
-    /// as a GEMM may run it in TF32).
+    /// the grouped kernels: dense (not FP8) in bf16 or f16. `None` otherwise. The weights are
+    /// copied element for element out of the linears' `Wᵀ` views, so the copy is exact.
     pub fn from_swiglu(shared: &SwiGlu, dtype: DType, device: Device) -> Result<Option<FusedShared>> {
         let linears = [&shared.gate, &shared.up, &shared.down];
         if !matches!(dtype, DType::BF16 | DType::F16) || linears.iter().any(|l| l.is_fp8()) {
@@ -182,14 +180,21 @@ impl FusedShared {
                 ),
             ));
         }
-        let identity = |n: usize| -> Result<Tensor> {
-            let mut eye = vec![0f32; n * n];
-            eye.iter_mut().step_by(n + 1).for_each(|v| *v = 1.0);
-            Tensor::from_f32_vec(eye, &[n, n], dtype, device)
+        let (Some(gate), Some(up), Some(down)) = (
+            shared.gate.dense_in_out(),
+            shared.up.dense_in_out(),
+            shared.down.dense_in_out(),
+        ) else {
+            return Ok(None);
         };
-        let eye_d = identity(d)?; // [d, d]
-        let gate_up = ops::cat(&[&shared.gate.forward(&eye_d)?, &shared.up.forward(&eye_d)?], 1)?; // [d, 2f]
-        let down = shared.down.forward(&identity(f)?)?; // [f, d]
+        if [gate, up, down]
+            .iter()
+            .any(|w| w.dtype() != dtype || w.device() != device)
+        {
+            return Ok(None);
+        }
+        let gate_up = ops::cat(&[gate, up], 1)?; // [d, 2f]
+        let down = ops::contiguous(down)?; // [f, d]
         Ok(Some(FusedShared { gate_up, down }))
     }
 
