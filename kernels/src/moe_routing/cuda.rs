@@ -1,10 +1,11 @@
 //! The CUDA launcher for `moe_routing.cu`: one CTA of 1024 threads.
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
+use l4_core::cuda::CudaBackend;
 use l4_core::{DType, Error, Result, Tensor};
 
 use super::{OP, RouteKind, RoutedTokens};
-use crate::gather::cuda::alloc_poisoned_in_tests;
+use crate::gather::cuda::{alloc_poisoned_in_tests, empty_output};
 use crate::launch::{backend_of, contiguous_bytes, output_tensor};
 use crate::ops::contiguous;
 use crate::{MOE_ROUTING, load_function};
@@ -20,8 +21,9 @@ pub fn route(logits: &Tensor, kind: RouteKind) -> Result<RoutedTokens> {
     let (t, e) = (logits.shape()[0], logits.shape()[1]);
     let k = kind.k();
     if t == 0 {
-        return super::reference::route(&logits.to_device(l4_core::Device::Cpu)?, kind)
-            .and_then(|r| to_device(r, logits.device()));
+        // Empty logits made on the host: nothing to copy (a zero-byte device copy is refused).
+        let host = Tensor::zeros(&[0, e], logits.dtype(), l4_core::Device::Cpu)?;
+        return super::reference::route(&host, kind).and_then(|r| to_device(r, &backend));
     }
     if t * k > i32::MAX as usize {
         return Err(Error::invalid(
@@ -83,11 +85,14 @@ pub fn route(logits: &Tensor, kind: RouteKind) -> Result<RoutedTokens> {
     })
 }
 
-/// A host routing moved to `device` (the empty case, where no kernel runs).
-fn to_device(r: RoutedTokens, device: l4_core::Device) -> Result<RoutedTokens> {
+/// A host routing moved to `backend`'s device (the empty case, where no kernel runs). Empty
+/// tensors cannot be copied (CUDA refuses zero-byte allocations) but must still live on the
+/// device, so they become empty device views.
+fn to_device(r: RoutedTokens, backend: &CudaBackend) -> Result<RoutedTokens> {
+    let device = l4_core::Device::Cuda(backend.info().ordinal);
     let empty = |t: &Tensor| -> Result<Tensor> {
         if t.elem_count() == 0 {
-            return Ok(t.clone());
+            return empty_output(backend, t.dtype(), t.shape());
         }
         t.to_device(device)
     };

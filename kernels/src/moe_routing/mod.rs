@@ -6,7 +6,8 @@
 //! * [`RouteKind::SoftmaxTopK`]: top-k of the softmax over experts (k ≤ 8), weights the
 //!   probabilities, renormalised over the chosen k when asked (Mixtral/Qwen).
 //!
-//! Selection compares logits, ties going to the lower expert index, so the chosen experts,
+//! Selection ranks logits by `f32::total_cmp` (+NaN above +∞, −NaN below −∞, −0 below +0),
+//! ties going to the lower expert index, so the chosen experts,
 //! counts, offsets and the sorted slots are identical on every device; the weights agree to
 //! `exp` rounding (`Tolerance::elementwise(F32)` per weight, pairwise). The sort is stable: expert
 //! e's slots `s = t·k + j` appear in ascending order, which keeps the MoE combine deterministic.

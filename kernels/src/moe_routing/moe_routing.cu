@@ -11,12 +11,16 @@
 //                            expert (a stable counting sort), so expert e's tokens are
 //                            sorted_slots[offset[e] .. offset[e+1]] / k
 //
-// Selection compares raw logits (softmax is monotonic), so the chosen experts are exactly the
-// CPU reference's; only the weights depend on expf/exp rounding. Everything is deterministic:
+// Selection compares raw logits (softmax is monotonic) in the total order of Rust's
+// f32::total_cmp, which the CPU reference sorts by: -NaN < -inf < ... < -0 < +0 < ... < +inf <
+// +NaN, ties to the lower expert. Each logit becomes the signed integer key total_cmp compares,
+// so NaN and signed zeros rank exactly as on the CPU and every lane agrees on every winner (a
+// float compare would let a NaN stick in a lane and lose to the padding, an index past E). The
+// chosen experts are exactly the CPU reference's; only the weights depend on expf/exp rounding. Everything is deterministic:
 // counts are order-free sums, and positions come from ranks, never from atomics' order.
 //
-// One CTA of 1024 threads does it all (T·k ≤ 16384 slots, E ≤ 256; the launcher routes bigger
-// problems to the CPU path):
+// One CTA of 1024 threads does it all, for any T (every phase loops; E ≤ 256, T·k < 2^31 slots,
+// checked by the launcher; logits are indexed in 64 bits, so T·E may pass 2^32):
 //   1. one warp per token: each lane holds up to 8 logits (experts lane, lane+32, ...); k
 //      rounds of a warp-wide (value, index) argmax pick the experts; softmax's max and sum are
 //      warp reductions;
@@ -37,24 +41,34 @@ typedef unsigned int u32;
 #define ROUTE_PER_LANE (ROUTE_MAX_EXPERTS / 32)
 #define ROUTE_MAX_K 8
 
-L4_DEVICE float route_load_f32(const void* p, u32 i) { return ((const float*)p)[i]; }
-L4_DEVICE float route_load_bf16(const void* p, u32 i) { return l4_bf16_to_f32(((const l4_bf16*)p)[i]); }
-L4_DEVICE float route_load_f16(const void* p, u32 i) { return l4_f16_to_f32(((const l4_f16*)p)[i]); }
+typedef unsigned long long u64;
 
-// Warp-wide argmax of (value, index): the larger value, the lower index on ties; NaN never wins
-// over a number. Every lane gets the winner.
-L4_DEVICE void route_warp_argmax(float& v, int& i) {
+L4_DEVICE float route_load_f32(const void* p, u64 i) { return ((const float*)p)[i]; }
+L4_DEVICE float route_load_bf16(const void* p, u64 i) { return l4_bf16_to_f32(((const l4_bf16*)p)[i]); }
+L4_DEVICE float route_load_f16(const void* p, u64 i) { return l4_f16_to_f32(((const l4_f16*)p)[i]); }
+
+// The key f32::total_cmp compares: the bits as a signed integer, the magnitude bits flipped for
+// negative values. The map is its own inverse, which route_key_value uses.
+L4_DEVICE int route_key(float x) {
+    const int bits = __float_as_int(x);
+    return bits ^ (int)((unsigned)(bits >> 31) >> 1);
+}
+L4_DEVICE float route_key_value(int key) { return __int_as_float(key ^ (int)((unsigned)(key >> 31) >> 1)); }
+
+// Warp-wide argmax of (key, index): the larger key, the lower index on equal keys. A total
+// order, so every lane gets the same winner.
+L4_DEVICE void route_warp_argmax(int& key, int& i) {
     for (int offset = 16; offset > 0; offset >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, v, offset);
+        const int ok = __shfl_xor_sync(0xffffffffu, key, offset);
         const int oi = __shfl_xor_sync(0xffffffffu, i, offset);
-        if (ov > v || (ov == v && oi < i) || (v != v && ov == ov)) {
-            v = ov;
+        if (ok > key || (ok == key && oi < i)) {
+            key = ok;
             i = oi;
         }
     }
 }
 
-template <float (*LOAD)(const void*, u32)>
+template <float (*LOAD)(const void*, u64)>
 static __device__ __forceinline__ void route(const void* __restrict__ logits, int* __restrict__ topk_expert,
                                              float* __restrict__ topk_weight, int* __restrict__ expert_count,
                                              int* __restrict__ expert_offset, int* __restrict__ sorted_slots,
@@ -79,7 +93,7 @@ static __device__ __forceinline__ void route(const void* __restrict__ logits, in
 #pragma unroll
         for (int r = 0; r < ROUTE_PER_LANE; ++r) {
             const u32 e = lane + 32 * r;
-            v[r] = e < experts ? LOAD(logits, t * experts + e) : -L4_INF;
+            v[r] = e < experts ? LOAD(logits, (u64)t * experts + e) : -L4_INF;
             row_max = fmaxf(row_max, v[r]);
         }
         float sum = 0.0f;
@@ -98,18 +112,21 @@ static __device__ __forceinline__ void route(const void* __restrict__ logits, in
 #pragma unroll
         for (u32 j = 0; j < ROUTE_MAX_K; ++j) {
             if (j >= k) break;
-            float best = -L4_INF;
+            // (INT_MIN, INT_MAX) loses to every real entry, so with k ≤ E a real expert wins.
+            int best_key = (int)0x80000000u;
             int best_e = 0x7fffffff;
 #pragma unroll
             for (int r = 0; r < ROUTE_PER_LANE; ++r) {
                 const int e = (int)(lane + 32 * r);
+                const int key = route_key(v[r]);
                 const bool free_entry = (u32)e < experts && !(taken >> r & 1u);
-                if (free_entry && (v[r] > best || (v[r] == best && e < best_e) || best_e == 0x7fffffff)) {
-                    best = v[r];
+                if (free_entry && (key > best_key || (key == best_key && e < best_e))) {
+                    best_key = key;
                     best_e = e;
                 }
             }
-            route_warp_argmax(best, best_e);
+            route_warp_argmax(best_key, best_e);
+            const float best = route_key_value(best_key);
             if ((u32)best_e % 32 == lane) taken |= 1u << (best_e / 32);
             const float w = softmax ? expf(best - row_max) / sum : 1.0f / (1.0f + expf(-best));
             chosen_expert[j] = best_e;

@@ -1,5 +1,5 @@
 //! The CPU reference for `moe_routing`, which is also its CPU backend: the same rule in plain
-//! loops, selection on logits with ties to the lower expert, f32 weights, a stable counting
+//! loops, selection on logits by `f32::total_cmp` with ties to the lower expert, f32 weights, a stable counting
 //! sort.
 
 use l4_core::{Device, Result, Tensor};

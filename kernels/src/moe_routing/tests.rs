@@ -130,6 +130,113 @@ fn llama4_weights_are_the_sigmoid_of_the_top_logit() {
     assert_eq!(ints(&r.sorted_slots), vec![0, 1]);
 }
 
+/// Every device ranks logits by `f32::total_cmp` (the reference's sort): +NaN above +∞, −NaN
+/// below −∞, −0 below +0, equal keys to the lower expert. Rows a float compare gets wrong: a
+/// NaN that must be chosen (k = E, where a NaN losing to the padding lanes picked an expert
+/// past E), signed zeros, all-NaN rows, and E = 33 (one lane holds two experts, the rest
+/// padding). The weights must agree in where they are NaN, and elsewhere to `exp` rounding.
+#[test]
+fn nan_and_signed_zero_logits_rank_by_total_cmp_on_every_device() {
+    let (nan, neg_nan, inf) = (f32::NAN, f32::from_bits(0xffc0_0000), f32::INFINITY);
+    let devices: Vec<Device> = test_devices()
+        .into_iter()
+        .filter(|d| !d.is_cuda() || nvrtc_or_skip("nan_and_signed_zero_logits_rank_by_total_cmp_on_every_device"))
+        .collect();
+    let all_k4 = RouteKind::SoftmaxTopK {
+        k: 4,
+        renormalize: false,
+    };
+    let top8 = RouteKind::SoftmaxTopK {
+        k: 8,
+        renormalize: true,
+    };
+    let mut wide = vec![-1.0f32; 33];
+    (wide[32], wide[5], wide[7], wide[8]) = (nan, neg_nan, 0.0, -0.0);
+    let cases: Vec<(Vec<f32>, usize, RouteKind, Vec<i32>)> = vec![
+        (
+            vec![1.0, nan, 3.0, 2.0, nan, nan, nan, nan],
+            4,
+            RouteKind::Llama4,
+            vec![1, 0],
+        ),
+        (
+            vec![-0.0, 0.0, nan, neg_nan, -inf, 5.0, neg_nan, -inf, 2.0, 2.0, 2.0, 2.0],
+            4,
+            all_k4,
+            vec![2, 1, 0, 3, 1, 0, 3, 2, 0, 1, 2, 3],
+        ),
+        (
+            [wide, vec![nan; 33]].concat(),
+            33,
+            top8,
+            vec![32, 7, 8, 0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6, 7],
+        ),
+    ];
+    for (values, e, kind, experts) in cases {
+        let t = values.len() / e;
+        let host = Tensor::from_vec(values, &[t, e], Device::Cpu).unwrap();
+        let want = reference::route(&host, kind).unwrap();
+        assert_eq!(ints(&want.topk_expert), experts, "reference, E {e} {kind:?}");
+        for &device in &devices {
+            let context = format!("E {e} {kind:?} on {device}");
+            let got = route(&host.to_device(device).unwrap(), kind).unwrap_or_else(|e| panic!("{context}: {e}"));
+            for (a, b, what) in [
+                (&got.topk_expert, &want.topk_expert, "experts"),
+                (&got.expert_count, &want.expert_count, "counts"),
+                (&got.expert_offset, &want.expert_offset, "offsets"),
+                (&got.sorted_slots, &want.sorted_slots, "sorted slots"),
+            ] {
+                assert_eq!(ints(a), ints(b), "{context}: {what}");
+            }
+            let (w, want_w) = (
+                got.topk_weight.to_f64_vec().unwrap(),
+                want.topk_weight.to_f64_vec().unwrap(),
+            );
+            let nan_at = |v: &[f64]| v.iter().map(|x| x.is_nan()).collect::<Vec<_>>();
+            assert_eq!(nan_at(&w), nan_at(&want_w), "{context}: NaN weights");
+            let finite = |v: &[f64]| v.iter().copied().filter(|x| !x.is_nan()).collect::<Vec<_>>();
+            assert_close(
+                &finite(&w),
+                &finite(&want_w),
+                Tolerance::elementwise(DType::F32).pairwise(),
+                &context,
+            )
+            .unwrap();
+        }
+    }
+}
+
+/// No tokens: no launch, but every output has its shape and lives on the logits' device.
+#[test]
+fn zero_tokens_route_to_empty_outputs_on_the_device() {
+    for device in test_devices()
+        .into_iter()
+        .filter(|d| !d.is_cuda() || nvrtc_or_skip("zero_tokens_route_to_empty_outputs_on_the_device"))
+    {
+        // An empty view of a one-row tensor: CUDA refuses to allocate zero bytes.
+        let logits = Tensor::zeros(&[1, 16], DType::BF16, device)
+            .unwrap()
+            .narrow(0, 0, 0)
+            .unwrap();
+        let kind = RouteKind::SoftmaxTopK {
+            k: 2,
+            renormalize: true,
+        };
+        let r = route(&logits, kind).unwrap();
+        for (t, shape) in [
+            (&r.topk_expert, &[0usize, 2][..]),
+            (&r.topk_weight, &[0, 2]),
+            (&r.expert_count, &[16]),
+            (&r.expert_offset, &[17]),
+            (&r.sorted_slots, &[0]),
+        ] {
+            assert_eq!((t.shape(), t.device()), (shape, device), "on {device}");
+        }
+        assert_eq!(ints(&r.expert_count), vec![0; 16], "on {device}");
+        assert_eq!(ints(&r.expert_offset), vec![0; 17], "on {device}");
+    }
+}
+
 #[test]
 fn bad_arguments_are_errors() {
     let logits = Tensor::zeros(&[2, 4], DType::F32, Device::Cpu).unwrap();
