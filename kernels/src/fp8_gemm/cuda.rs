@@ -24,11 +24,11 @@ pub const GEMV_MAX_M: usize = 16;
 /// Warps (output columns) per small-M block (`GEMV_WARPS` in the source).
 const GEMV_WARPS: usize = 8;
 /// The Hopper kernel's tile height and K block (`FP8_BM`, `FP8_BK`), and its threads.
-const BM: usize = 128;
+pub(crate) const BM: usize = 128;
 const BK: usize = BLOCK_K;
 const THREADS: u32 = 384;
 /// Ring slots at most (`FP8_MAX_STAGES`).
-const MAX_STAGES: usize = 8;
+pub(crate) const MAX_STAGES: usize = 8;
 /// Dynamic shared memory a block may use on sm_90 (227 KiB), less the 1024 bytes spent on
 /// aligning the ring to the swizzle period and 256 bytes for the static mbarriers.
 const SMEM_BUDGET: usize = 227 * 1024 - 1024 - 256;
@@ -106,13 +106,25 @@ struct TensorMap(sys::CUtensorMap);
 // SAFETY: an opaque 128-byte, 128-aligned value, as the kernel's `L4TensorMap` parameter.
 unsafe impl DeviceRepr for TensorMap {}
 
+/// The dynamic shared memory of the Hopper kernel: `stages` slots of one A and one B tile, plus
+/// the slack the kernel spends aligning the ring to the 1024-byte swizzle period.
+pub(crate) fn wgmma_smem_bytes(bn: usize, stages: usize) -> usize {
+    stages * (BM + bn) * BK + 1024
+}
+
+/// The TMA geometry of an e4m3 matrix `[rows, k]` as `cuTensorMapEncodeTiled` takes it:
+/// dimensions innermost (K) first, the byte stride of dimension 1 only (dimension 0 is packed),
+/// and a box of `128 × box_rows` elements whose 128-byte inner extent is exactly one 128-byte
+/// swizzle span, the layout wgmma's descriptors assume.
+pub(crate) fn tensor_map_geometry(rows: usize, k: usize, box_rows: usize) -> ([u64; 2], [u64; 1], [u32; 2]) {
+    ([k as u64, rows as u64], [k as u64], [BK as u32, box_rows as u32])
+}
+
 /// The descriptor of an e4m3 matrix `[rows, k]` (row pitch k bytes) at `ptr`, read in boxes of
 /// `box_rows × 128` bytes with the 128-byte swizzle wgmma's descriptors expect; elements past
 /// the edges read as zero.
 fn tensor_map(ptr: u64, rows: usize, k: usize, box_rows: usize) -> Result<TensorMap> {
-    let dims = [k as u64, rows as u64];
-    let strides = [k as u64]; // bytes between rows (dimension 1)
-    let boxes = [BK as u32, box_rows as u32];
+    let (dims, strides, boxes) = tensor_map_geometry(rows, k, box_rows);
     let element_strides = [1u32, 1];
     let mut map = MaybeUninit::<sys::CUtensorMap>::zeroed();
     // SAFETY: every array has the rank's length (strides: rank - 1); `ptr` is a device address
@@ -224,7 +236,7 @@ pub fn fp8_gemm(
         Fp8Kernel::Wgmma { bn, stages, grid } => {
             let name = format!("fp8_gemm_{recipe}_n{bn}_{out_name}");
             let function = load_function(&backend, &FP8_GEMM, &name)?;
-            let smem = stages * (BM + bn) * BK + 1024;
+            let smem = wgmma_smem_bytes(bn, stages);
             function.set_attribute(
                 CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 smem as i32,

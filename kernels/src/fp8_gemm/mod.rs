@@ -131,7 +131,25 @@ fn check(
     if let Some(residual) = epilogue.residual {
         check_extra(residual, "residual", &[m, n], out, device)?;
     }
-    Ok((m, n, k, Fp8Scaling::of(a.granularity, b.granularity)?))
+    let scaling = Fp8Scaling::of(a.granularity, b.granularity)?;
+    // The kernels index the scales as flat f32 arrays of exactly this many values (row-wise:
+    // one per row; block: `[rows / block rows, ⌈K/128⌉]`), so a hand-built `Quantized` whose
+    // scales disagree with its granularity would read past them on a GPU.
+    for (q, rows, which) in [(a, m, "A"), (b, n, "B")] {
+        let [scale_rows, scale_cols] = q.granularity.scales_shape(rows, k);
+        if q.scales.dtype() != DType::F32 || q.scales.elem_count() != scale_rows * scale_cols {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "{which}'s {:?} scales must be f32 [{scale_rows}, {scale_cols}], got {} {:?}",
+                    q.granularity,
+                    q.scales.dtype(),
+                    q.scales.shape()
+                ),
+            ));
+        }
+    }
+    Ok((m, n, k, scaling))
 }
 
 fn check_extra(t: &Tensor, which: &str, shape: &[usize], dtype: DType, device: Device) -> Result<()> {

@@ -7,7 +7,7 @@
 use l4_core::testing::{Tolerance, assert_close, test_devices};
 use l4_core::{DType, Device, Tensor};
 
-use super::cuda::{Fp8Kernel, GEMV_MAX_M, plan};
+use super::cuda::{BM, Fp8Kernel, GEMV_MAX_M, MAX_STAGES, plan, tensor_map_geometry, wgmma_smem_bytes};
 use super::{Epilogue, Fp8Scaling, fp8_gemm, reference};
 use crate::quant::{Granularity, Quantized, dequantize, quantize};
 use crate::testing::{Rng, fresh_seed, nvrtc_or_skip};
@@ -183,6 +183,85 @@ fn the_heuristic_picks_kernels_by_shape() {
 }
 
 #[test]
+fn scales_that_disagree_with_the_granularity_are_errors() {
+    let mut rng = Rng(2);
+    let a = quantized(4, 256, BLOCK_A, &mut rng, Device::Cpu);
+    let b = quantized(130, 256, BLOCK_B, &mut rng, Device::Cpu);
+    assert!(fp8_gemm(&a, &b, DType::F32, Epilogue::default()).is_ok());
+    // B's 128x128 scales [2, 2] passed off as A's 1x128 ones ([4, 2] expected).
+    let short = Quantized {
+        scales: b.scales.clone(),
+        ..a.clone()
+    };
+    let err = fp8_gemm(&short, &b, DType::F32, Epilogue::default()).unwrap_err();
+    assert!(err.to_string().contains("A's"), "{err}");
+    let wide = Quantized {
+        scales: b.scales.to_dtype(DType::BF16).unwrap(),
+        ..b.clone()
+    };
+    let err = fp8_gemm(&a, &wide, DType::F32, Epilogue::default()).unwrap_err();
+    assert!(err.to_string().contains("B's"), "{err}");
+}
+
+/// Over a grid of shapes, SM counts and alignments, every plan is one its kernel can run: the
+/// Hopper kernel only with a 16-byte row pitch and aligned operands (TMA's rules), a ring that
+/// fits the 227 KiB opt-in limit with the static mbarriers, and a grid of at most one CTA per
+/// SM and per tile; the 16-byte small-M path only where its chunks stay in bounds and aligned.
+#[test]
+fn every_plan_fits_its_kernel() {
+    const SMEM_LIMIT: usize = 227 * 1024;
+    let static_smem = 2 * MAX_STAGES * 8; // the `full` and `empty` mbarrier arrays
+    for m in [1, 2, 15, 16, 17, 33, 127, 128, 129, 1000, 4096, 16384] {
+        for n in [1, 7, 64, 65, 128, 129, 5120, 202048] {
+            for k in [1, 15, 16, 17, 48, 100, 128, 200, 208, 5120] {
+                for sms in [1, 78, 132] {
+                    for aligned in [true, false] {
+                        let context = format!("[{m}, {n}, {k}] on {sms} SMs, aligned {aligned}");
+                        let fits_16 = k % 16 == 0 && aligned;
+                        match plan(m, n, k, sms, aligned) {
+                            Fp8Kernel::Gemv { vectorized } => {
+                                assert_eq!(vectorized, fits_16, "{context}");
+                                assert!(m <= GEMV_MAX_M || !fits_16, "{context}: large M belongs to wgmma");
+                            }
+                            Fp8Kernel::Wgmma { bn, stages, grid } => {
+                                assert!(fits_16 && m > GEMV_MAX_M, "{context}");
+                                assert!(bn == 64 || bn == 128, "{context}: bn {bn}");
+                                assert!((1..=MAX_STAGES).contains(&stages), "{context}: {stages} stages");
+                                let smem = wgmma_smem_bytes(bn, stages) + static_smem;
+                                assert!(smem <= SMEM_LIMIT, "{context}: {smem} bytes of shared memory");
+                                let tiles = m.div_ceil(BM) * n.div_ceil(bn);
+                                assert!(grid >= 1 && grid <= sms.min(tiles), "{context}: grid {grid}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The TMA boxes against cuTensorMapEncodeTiled's rules and the kernel's shared-memory layout:
+/// dimensions innermost first, one byte stride (dimension 1's, a multiple of 16 when planned),
+/// boxes of at most 256 per dimension whose 128-byte inner extent equals the 128-byte swizzle
+/// span, and tiles that keep every A, B and per-warpgroup slice on the 1024-byte swizzle period.
+#[test]
+fn tensor_maps_follow_the_driver_rules() {
+    for (rows, k) in [(17, 16), (1100, 656), (202048, 5120), (1, 48)] {
+        for box_rows in [BM, 64, 128] {
+            let (dims, strides, boxes) = tensor_map_geometry(rows, k, box_rows);
+            assert_eq!(dims, [k as u64, rows as u64]);
+            assert_eq!(strides, [k as u64], "row pitch in bytes (1-byte e4m3)");
+            assert!(strides[0] % 16 == 0);
+            assert!(boxes.iter().all(|&b| (1..=256).contains(&b)), "{boxes:?}");
+            assert_eq!(boxes, [128, box_rows as u32]);
+            assert_eq!(boxes[1] as usize * 128 % 1024, 0, "tile of {box_rows} rows");
+        }
+    }
+    // Warpgroup 2 reads A from row 64 of the tile: 64 rows of 128 bytes, still atom-aligned.
+    assert_eq!(64 * 128 % 1024, 0);
+}
+
+#[test]
 fn cuda_matches_the_f64_reference_and_is_deterministic() {
     let Some(device) = test_devices()
         .into_iter()
@@ -203,6 +282,13 @@ fn cuda_matches_the_f64_reference_and_is_deterministic() {
         (130, 257, 384),
         (300, 64, 4096),
         (1024, 1024, 1024),
+        // M > 16 with K % 16 != 0: the small-M kernel's scalar path over three row passes.
+        (40, 70, 100),
+        // The Hopper kernel with K below one block (the TMA box overhangs M, N and K).
+        (33, 100, 48),
+        // ⌈1100/128⌉·⌈2100/128⌉ = 153 tiles of BN = 128 on 132 SMs (H100 and H200): some CTAs
+        // run two tiles, the ring's phases carry across tiles, and the last K block is partial.
+        (1100, 2100, 656),
     ];
     for (case, &(m, n, k)) in shapes.iter().enumerate() {
         for (ga, gb) in [(Granularity::PerRow, Granularity::PerRow), (BLOCK_A, BLOCK_B)] {
