@@ -266,6 +266,59 @@ fn cuda_equals_the_cpu_bit_for_bit() {
     }
 }
 
+/// Edge shapes: on every device, empty tensors (no launch; outputs shaped and on the device);
+/// on CUDA, bit for bit with the CPU, a single element, a ragged last 1×128 block, and a
+/// 2048 × 640 slab in every granularity (many groups per launch, long per-thread loops).
+#[test]
+fn edge_shapes_match_the_cpu_bit_for_bit() {
+    let seed = fresh_seed();
+    let mut rng = Rng(seed);
+    for device in devices("edge_shapes_match_the_cpu_bit_for_bit") {
+        for granularity in GRANULARITIES {
+            for (rows, cols) in [(0, 130), (5, 0)] {
+                // An empty view of a non-empty tensor: CUDA refuses to allocate zero bytes.
+                let x = Tensor::zeros(&[rows.max(1), cols.max(1)], DType::BF16, device)
+                    .unwrap()
+                    .narrow(0, 0, rows)
+                    .unwrap()
+                    .narrow(1, 0, cols)
+                    .unwrap();
+                let q = quantize(&x, granularity, None).unwrap();
+                let context = format!("{device} [{rows}, {cols}] {granularity:?}");
+                assert_eq!(
+                    (q.values.shape(), q.values.device()),
+                    (&[rows, cols][..], device),
+                    "{context}"
+                );
+                assert_eq!(q.scales.shape(), &granularity.scales_shape(rows, cols)[..], "{context}");
+                assert_eq!(q.scales.device(), device, "{context}");
+                assert_eq!(dequantize(&q, DType::F32).unwrap().shape(), &[rows, cols], "{context}");
+            }
+            // The CPU path is the reference itself: only another device has something to compare.
+            if !device.is_cuda() {
+                continue;
+            }
+            for (rows, cols, dtype) in [(1, 1, DType::F32), (3, 129, DType::F16), (2048, 640, DType::BF16)] {
+                let host =
+                    Tensor::from_f32_vec(random_values(rows * cols, &mut rng), &[rows, cols], dtype, Device::Cpu)
+                        .unwrap();
+                let context = format!("seed {seed}: {device} {dtype} [{rows}, {cols}] {granularity:?}");
+                let want = quantize(&host, granularity, None).unwrap();
+                let got = quantize(&host.to_device(device).unwrap(), granularity, None)
+                    .unwrap_or_else(|e| panic!("{context}: {e}"));
+                let bits =
+                    |t: &Tensor| -> Vec<u8> { t.to_vec::<F8E4M3>().unwrap().iter().map(|c| c.to_bits()).collect() };
+                assert_eq!(bits(&got.values), bits(&want.values), "{context}: codes");
+                assert_eq!(
+                    got.scales.to_vec::<f32>().unwrap(),
+                    want.scales.to_vec::<f32>().unwrap(),
+                    "{context}: scales"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn compiles_for_every_declared_arch_without_spills() {
     if !nvrtc_or_skip("compiles_for_every_declared_arch_without_spills") {

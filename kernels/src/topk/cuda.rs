@@ -13,6 +13,9 @@ const OP: &str = "topk";
 pub const MAX_K: usize = 32;
 /// Warps (rows in flight) per block; must match `WARPS` in `topk.cu`.
 const WARPS: u32 = 4;
+/// The longest row: the kernel's u32 index `i` steps by 32 up to `n`, which must not wrap, and
+/// the rank word's `0xFFFFFFFF - i` must stay non-zero.
+const MAX_N: usize = (u32::MAX - 32) as usize;
 /// Blocks per SM at most; the kernel's grid-stride loop covers the remaining rows.
 const BLOCKS_PER_SM: usize = 16;
 
@@ -59,7 +62,7 @@ pub fn topk(x: &Tensor, k: usize) -> Result<(Tensor, Tensor)> {
     }
     let dtype = x.dtype();
     function_name(dtype, k)?;
-    if n >= u32::MAX as usize {
+    if n > MAX_N {
         return Err(Error::invalid(
             OP,
             format!("rows of {n} elements are too long for the CUDA kernel"),
@@ -100,10 +103,10 @@ pub fn launch(
     k: usize,
 ) -> Result<()> {
     let function_name = function_name(dtype, k)?;
-    if k > n || n >= u32::MAX as usize {
+    if k > n || n > MAX_N {
         return Err(Error::invalid(
             OP,
-            format!("k = {k} must be in 1..={n}, with n < 2^32 - 1"),
+            format!("k = {k} must be in 1..={n}, with n <= {MAX_N}"),
         ));
     }
     let size = dtype.size_in_bytes();
