@@ -328,6 +328,42 @@ fn cuda_matches_the_f64_reference_and_is_deterministic() {
     }
 }
 
+/// A operand whose codes start one byte past a 16-byte boundary (a view into a larger
+/// per-tensor quantized buffer) with K % 16 == 0 and M > 16: TMA and the 16-byte small-M path
+/// would both fault or misread there, so the plan must fall back to the scalar small-M path.
+#[test]
+fn misaligned_operands_fall_back_and_stay_correct() {
+    let seed = fresh_seed();
+    let mut rng = Rng(seed);
+    let (m, n, k) = (40, 70, 256);
+    for device in test_devices() {
+        if device.is_cuda() && !nvrtc_or_skip("misaligned_operands_fall_back_and_stay_correct") {
+            continue;
+        }
+        let flat = quantized(1, m * k + 1, Granularity::PerTensor, &mut rng, device);
+        let a = Quantized {
+            values: flat.values.narrow(1, 1, m * k).unwrap().reshape(&[m, k]).unwrap(),
+            ..flat
+        };
+        let b = quantized(n, k, Granularity::PerRow, &mut rng, device);
+        let want = reference::fp8_gemm(
+            &to_cpu(&a),
+            &to_cpu(&b),
+            Fp8Scaling::RowWise,
+            DType::F32,
+            Epilogue::default(),
+        )
+        .unwrap();
+        let context = format!("seed {seed} on {device}: A at byte offset 1");
+        let got = fp8_gemm(&a, &b, DType::F32, Epilogue::default()).unwrap_or_else(|e| panic!("{context}: {e}"));
+        let error = relative_frobenius(&got, &want);
+        assert!(
+            error <= bound(DType::F32),
+            "{context}: relative Frobenius error {error:.3e}"
+        );
+    }
+}
+
 #[test]
 fn compiles_for_sm90a_without_spills() {
     if !nvrtc_or_skip("compiles_for_sm90a_without_spills") {
