@@ -9,6 +9,7 @@ use l4_core::testing::test_devices;
 use l4_core::{CpuStorage, DType, Device, Error, Tensor};
 
 use super::{cat, contiguous, cuda, embedding, index_select, reference};
+use crate::elementwise::cuda::{Plan, plan};
 use crate::testing::nvrtc_or_skip;
 use crate::testing::{Rng, fresh_seed};
 use crate::{GATHER, compile_cubin};
@@ -373,6 +374,66 @@ fn contiguous_copies_any_view_exactly_on_every_device() {
         // A contiguous tensor comes back as itself.
         let t = Tensor::arange(6, DType::F32, device).unwrap();
         assert_same(&contiguous(&t).unwrap(), &t, "already contiguous");
+    }
+}
+
+/// The rank limit of the CUDA copy: views whose dimensions cannot merge, with every dimension
+/// reversed (so no two are adjacent in memory), at exactly 8 dimensions (one of them a
+/// broadcast, stride 0) copy exactly in 1-, 2-, 4- and 8-byte dtypes at an offset; at 9 the CUDA
+/// path is an error naming the limit (the CPU path is the reference, which copies any rank).
+#[test]
+fn cuda_contiguous_at_the_rank_limit() {
+    let seed = fresh_seed();
+    let mut rng = Rng(seed);
+    let reversed = |t: &Tensor| {
+        let dims: Vec<usize> = (0..t.rank()).rev().collect();
+        t.permute(&dims).unwrap()
+    };
+    // Seven reversed dimensions with a broadcast one (stride 0) inserted in the middle.
+    let broadcast = |t: &Tensor| {
+        let shape = [3, 2, 3, 4, 2, 3, 2, 3];
+        reversed(t).unsqueeze(3).unwrap().broadcast_as(&shape).unwrap()
+    };
+    // The premise, checked on the host: these views merge to exactly 8 and 9 dimensions.
+    let merged_rank = |t: &Tensor| match plan("test", t.shape(), &[t.layout().strides()]) {
+        Ok(Plan::Strided(g)) => Ok(g.rank),
+        Ok(Plan::Contiguous) => Ok(1),
+        Err(e) => Err(e.to_string()),
+    };
+    let zeros = |shape: &[usize]| Tensor::zeros(shape, DType::U8, Device::Cpu).unwrap();
+    assert_eq!(merged_rank(&reversed(&zeros(&[2, 3, 2, 3, 2, 3, 2, 3]))), Ok(8));
+    let seven = zeros(&[3, 2, 3, 2, 3, 2, 3]);
+    assert_eq!(merged_rank(&broadcast(&seven)), Ok(8));
+    assert!(merged_rank(&reversed(&zeros(&[2, 3, 2, 3, 2, 3, 2, 3, 2]))).is_err());
+    for device in devices("cuda_contiguous_at_the_rank_limit")
+        .into_iter()
+        .filter(|d| d.is_cuda())
+    {
+        for dtype in [DType::U8, DType::F16, DType::F32, DType::I64] {
+            let context = format!("seed {seed}, {device}, {dtype}");
+            let host = random_tensor(&[2, 3, 2, 3, 2, 3, 2, 3], dtype, &mut rng);
+            let dev = offset_view(&host, 1, device, &mut rng);
+            assert_same(
+                &contiguous(&reversed(&dev)).unwrap_or_else(|e| panic!("{context}: {e}")),
+                &reference::contiguous(&reversed(&host)).unwrap(),
+                &format!("{context}: 8 dimensions"),
+            );
+            let host = random_tensor(&[3, 2, 3, 2, 3, 2, 3], dtype, &mut rng);
+            let dev = offset_view(&host, 1, device, &mut rng);
+            assert_same(
+                &contiguous(&broadcast(&dev)).unwrap_or_else(|e| panic!("{context}: {e}")),
+                &reference::contiguous(&broadcast(&host)).unwrap(),
+                &format!("{context}: 8 dimensions, one broadcast"),
+            );
+            let dev9 = offset_view(
+                &random_tensor(&[2, 3, 2, 3, 2, 3, 2, 3, 2], dtype, &mut rng),
+                1,
+                device,
+                &mut rng,
+            );
+            let err = contiguous(&reversed(&dev9)).expect_err(&context).to_string();
+            assert!(err.contains("at most 8"), "{context}: {err}");
+        }
     }
 }
 
