@@ -290,6 +290,7 @@ fn cuda_matches_the_f64_reference_and_is_deterministic() {
         // run two tiles, the ring's phases carry across tiles, and the last K block is partial.
         (1100, 2100, 656),
     ];
+    let mut failures = Vec::new();
     for (case, &(m, n, k)) in shapes.iter().enumerate() {
         for (ga, gb) in [(Granularity::PerRow, Granularity::PerRow), (BLOCK_A, BLOCK_B)] {
             let out = if case % 2 == 0 { DType::F32 } else { DType::BF16 };
@@ -313,19 +314,20 @@ fn cuda_matches_the_f64_reference_and_is_deterministic() {
             let got = fp8_gemm(&a, &b, out, epilogue).unwrap_or_else(|e| panic!("{context}: {e}"));
             let error = relative_frobenius(&got, &want);
             eprintln!("{context}: relative Frobenius error {error:.2e}");
-            assert!(
-                error <= bound(out),
-                "{context}: relative Frobenius error {error:.3e} > {}",
-                bound(out)
-            );
+            // Failures are collected, not raised at once, so one GPU run reports every case.
+            if error.is_nan() || error > bound(out) {
+                failures.push(format!(
+                    "{context}: relative Frobenius error {error:.3e} > {}",
+                    bound(out)
+                ));
+            }
             let again = fp8_gemm(&a, &b, out, epilogue).unwrap();
-            assert_eq!(
-                got.to_f64_vec().unwrap(),
-                again.to_f64_vec().unwrap(),
-                "{context}: not deterministic"
-            );
+            if got.to_f64_vec().unwrap() != again.to_f64_vec().unwrap() {
+                failures.push(format!("{context}: not deterministic"));
+            }
         }
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// A operand whose codes start one byte past a 16-byte boundary (a view into a larger
