@@ -148,6 +148,8 @@ pub(crate) fn gather_inputs(
     if rows == 0 || d == 0 {
         return on_host(x.device(), || Tensor::zeros(&[rows, d], x.dtype(), Device::Cpu));
     }
+    // The kernels form S + shared rows in 32 bits.
+    as_i32(rows, "slots + shared rows")?;
     let backend = &*backend_of(x, OP)?;
     let function = load_function(backend, &MOE_EXPERTS, &format!("me_gather_{}", dtype_name(x.dtype())?))?;
     let x = contiguous(x)?;
@@ -302,6 +304,7 @@ pub fn down_combine(
             super::reference::down_combine(&hc, &rc, &dc, weight_on, sc.as_ref(), sdc.as_ref(), shape)
         });
     }
+    as_i32(rows, "slots + shared rows")?;
     let backend = backend_of(h, OP)?;
     let dtype = dtype_name(h.dtype())?;
     let h = contiguous(h)?;

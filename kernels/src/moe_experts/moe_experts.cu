@@ -35,7 +35,8 @@
 // ldmatrix (.trans for the [k][n] weight tiles), a cp.async pipeline of 3 stages of BK = 32.
 // The tile schedule is computed on the device: CTA x-index i is the i-th (expert, m-block) pair
 // in expert order, found by a scan of the offsets (E ≤ 256), so no host sync is needed; the
-// grid's x extent is the bound ceil(S/BM) + min(E, S) and CTAs past the last tile exit. The y
+// grid's x extent is the bound ceil(R/BM) + min(E', R) over the R = S (+ t with the fused shared
+// expert) rows in E' = E (+ 1) segments, and CTAs past the last tile exit. The y
 // index is the column block, so the CTAs that run together share weight tiles in L2. Two warp
 // layouts of a 64 × 128 tile: "wide" (2×2 warps of 32×64) for prefill and "decode" (1×4 warps
 // of 64×32) for steps of ≤ 64 slots, where no expert has more than 64 tokens: each CTA streams

@@ -411,6 +411,32 @@ proptest! {
     }
 }
 
+/// The fused shared expert at the edges of its row layout: no token (S = 0, no shared row: empty
+/// `h [0, f]` and `out [0, d]`) and one token (its shared row is row S = k, a one-row segment),
+/// for each k, bitwise the block with the shared expert as routed expert e in slot 0.
+#[test]
+fn shared_expert_with_zero_and_one_token() {
+    let seed = fresh_seed();
+    for (case, (t, k)) in [0, 1]
+        .into_iter()
+        .flat_map(|t| (1..=3).map(move |k| (t, k)))
+        .enumerate()
+    {
+        let (d, f, e) = (7, 5, 3);
+        let p = problem(DType::F32, t, d, f, e, k, false, seed + case as u64);
+        let q = shared_as_routed(&p);
+        let context = format!("seed {seed} t {t} k {k} {:?}", p.weight_on);
+        let h = gate_up_swiglu_with_shared(&p.x, &p.routed, &p.gate_up, p.weight_on, &p.shared_expert.0).unwrap();
+        assert_eq!(h.shape(), [t * k + t, f], "{context}");
+        let h_routed = gate_up_swiglu(&q.x, &q.routed, &q.gate_up, q.weight_on).unwrap();
+        assert_eq!(bits(&h), bits(&h_routed), "{context}: h");
+        let out = down_combine_with_shared(&h, &p.routed, &p.down, p.weight_on, &p.shared_expert.1).unwrap();
+        assert_eq!(out.shape(), [t, d], "{context}");
+        let out_routed = moe_experts(&q.x, &q.routed, &q.gate_up, &q.down, q.weight_on, None).unwrap();
+        assert_eq!(bits(&out), bits(&out_routed), "{context}: out");
+    }
+}
+
 /// The bound between the block (reference or kernels) and the plain-op composition: the
 /// composition also rounds g, u and silu(g) into the dtype, which moves its h by at most
 /// `2·u(dtype)·(sensitivity + |h|)`, and rounds y, the weighted y and each partial sum (k + 2
