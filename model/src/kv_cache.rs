@@ -12,7 +12,7 @@
 //! two up to 64 that divides the chunk, so that a chunk is whole blocks and freeing the previous
 //! chunk frees all of it (a chunked layer then holds at most `chunk` tokens of blocks).
 
-use l4_core::{Device, Result, Tensor};
+use l4_core::{Result, Tensor};
 use l4_kernels::paged_kv::{DEFAULT_BLOCK_SIZE, PagedKv};
 
 use crate::spec::Span;
@@ -32,9 +32,6 @@ pub struct LayerCache {
     block_size: usize,
     /// Made on the first append, when batch, heads, width, dtype and device are known.
     paged: Option<PagedKv>,
-    /// RoPE's inverse frequencies on the layer's device, with the host values they were made
-    /// from: uploaded once, read by every step's QK prologue.
-    inv_freq: Option<(Vec<f32>, Tensor)>,
 }
 
 impl LayerCache {
@@ -49,20 +46,6 @@ impl LayerCache {
             span,
             block_size,
             paged: None,
-            inv_freq: None,
-        }
-    }
-
-    /// `inv_freq [dh/2]` as an f32 tensor on `device`: uploaded on first use (or when the
-    /// table or device changes), then the same tensor every step.
-    pub fn device_inv_freq(&mut self, inv_freq: &[f32], device: Device) -> Result<Tensor> {
-        match &self.inv_freq {
-            Some((host, tensor)) if host == inv_freq && tensor.device() == device => Ok(tensor.clone()),
-            _ => {
-                let tensor = Tensor::from_vec(inv_freq.to_vec(), &[inv_freq.len()], Device::Cpu)?.to_device(device)?;
-                self.inv_freq = Some((inv_freq.to_vec(), tensor.clone()));
-                Ok(tensor)
-            }
         }
     }
 
@@ -218,19 +201,6 @@ mod tests {
         assert_eq!(step(&mut cache, 7, 1), (4, 4)); // position 7 sees 4..8; 8 starts a chunk
         assert_eq!(cache.len(), 0);
         assert_eq!(step(&mut cache, 8, 1), (1, 8));
-    }
-
-    #[test]
-    fn inverse_frequencies_are_uploaded_once() {
-        let mut cache = LayerCache::new(Span::Global);
-        let first = cache.device_inv_freq(&[1.0, 0.5], Device::Cpu).unwrap();
-        let again = cache.device_inv_freq(&[1.0, 0.5], Device::Cpu).unwrap();
-        assert!(
-            std::ptr::eq(first.storage(), again.storage()),
-            "a second step uploaded again"
-        );
-        let other = cache.device_inv_freq(&[1.0, 0.25], Device::Cpu).unwrap();
-        assert_eq!(other.to_f32_vec().unwrap(), vec![1.0, 0.25], "a new table is uploaded");
     }
 
     #[test]

@@ -68,7 +68,9 @@ pub struct Llama4 {
     layers: Vec<DecoderLayer>,
     final_norm: Tensor, // [d]
     lm_head: Linear,    // [v, d] in HF layout
-    rope: RotaryTable,
+    /// RoPE's inverse frequencies `[dh/2]`, f32 on `device`: made once, read by every RoPE
+    /// layer's QK prologue.
+    rope_inv_freq: Tensor,
     /// The vision tower of a multimodal checkpoint, whose features replace image tokens.
     vision: Option<Box<VisionModel>>,
 }
@@ -170,7 +172,7 @@ impl Llama4 {
             true => Linear::from_hf_weight(&embed)?,
             false => linear(source, names.lm_head(), vec![v, d])?,
         };
-        let rope = RotaryTable::new(&spec.rope, spec.head_dim);
+        let rope_inv_freq = RotaryTable::new(&spec.rope, spec.head_dim).inv_freq_on(device)?;
         let mut model = Llama4 {
             spec,
             dtype,
@@ -179,7 +181,7 @@ impl Llama4 {
             layers,
             final_norm,
             lm_head,
-            rope,
+            rope_inv_freq,
             vision: None,
         };
         model.fuse_shared_experts()?;
@@ -334,7 +336,7 @@ impl Llama4 {
                 num_kv_heads: self.spec.num_kv_heads,
                 head_dim: self.spec.head_dim,
             },
-            rope: &self.rope,
+            inv_freq: &self.rope_inv_freq,
             rms_norm_eps: eps,
         };
 

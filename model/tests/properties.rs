@@ -363,7 +363,7 @@ fn run_attention(case: &AttentionCase, span: Span) -> Tensor {
     let mut cache = LayerCache::new(span);
     let context = AttentionContext {
         shape,
-        rope: &rope,
+        inv_freq: &rope.inv_freq_on(Device::Cpu).unwrap(),
         rms_norm_eps: 1e-5,
     };
     let mut masks = StepMasks::new(DType::F32, Device::Cpu);

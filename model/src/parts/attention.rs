@@ -11,7 +11,6 @@ use l4_kernels::ops;
 use l4_kernels::qk_prologue::{Prologue, QueryTemperature, qk_prologue};
 
 use super::linear::Linear;
-use super::rope::RotaryTable;
 use crate::kv_cache::LayerCache;
 use crate::spec::{LayerSpec, Position, Span};
 
@@ -44,8 +43,8 @@ pub struct AttentionShape {
 pub struct AttentionContext<'a> {
     /// Head counts and widths.
     pub shape: AttentionShape,
-    /// Inverse frequencies for RoPE layers.
-    pub rope: &'a RotaryTable,
+    /// RoPE's inverse frequencies `[dh/2]`, f32 on the activations' device.
+    pub inv_freq: &'a Tensor,
     /// Epsilon of the QK-norm.
     pub rms_norm_eps: f64,
 }
@@ -130,7 +129,7 @@ pub fn attention_forward(
 ) -> Result<Tensor> {
     let AttentionContext {
         shape,
-        rope,
+        inv_freq,
         rms_norm_eps,
     } = context;
     let [b, t, _] = x.shape()[..] else {
@@ -150,14 +149,10 @@ pub fn attention_forward(
     let v = weights.v.forward(x)?.reshape(&[b, t, hk, dh])?;
 
     // RoPE, then the weightless QK-norm, then the temperature (NoPE layers), fused in one pass
-    // that also makes q and k head-major. The frequencies live on the device with the layer's
-    // cache and the temperature is computed there: a step uploads no table.
-    let inv_freq = match layer.position {
-        Position::Rope => Some(cache.device_inv_freq(rope.inv_freq(), x.device())?),
-        Position::NoPe => None,
-    };
+    // that also makes q and k head-major. The frequencies were uploaded with the model and the
+    // temperature is computed on the device: a step uploads no table.
     let prologue = Prologue {
-        inv_freq: inv_freq.as_ref(),
+        inv_freq: (layer.position == Position::Rope).then_some(inv_freq),
         qk_norm_eps: layer.qk_norm.then_some(rms_norm_eps),
         temperature: layer.temperature.map(|t| QueryTemperature {
             floor_scale: t.floor_scale,

@@ -4,7 +4,7 @@
 //! `cis(p·θ_j)`. This is NOT the rotate-half form of Llama 1–3: HF's Llama 4 checkpoints keep
 //! Meta's interleaved q/k layout.
 
-use l4_core::{Result, Tensor};
+use l4_core::{Device, Result, Tensor};
 
 use crate::spec::{Llama3Scaling, RopeSpec};
 
@@ -50,6 +50,12 @@ impl RotaryTable {
     /// The inverse frequencies `θ_j`.
     pub fn inv_freq(&self) -> &[f32] {
         &self.inv_freq
+    }
+
+    /// The inverse frequencies as an f32 tensor `[dh/2]` on `device`, the form the fused QK
+    /// prologue reads.
+    pub fn inv_freq_on(&self, device: Device) -> Result<Tensor> {
+        Tensor::from_vec(self.inv_freq.clone(), &[self.inv_freq.len()], Device::Cpu)?.to_device(device)
     }
 
     /// Rotates `x [b, t, heads, dh]` whose token `i` sits at absolute position `start + i`, on
