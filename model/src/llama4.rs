@@ -193,14 +193,14 @@ impl Llama4 {
     /// drops the fused form where the shared expert cannot join them (FP8, f32). Called after
     /// anything that replaces a shared expert. On the CPU nothing is fused.
     fn fuse_shared_experts(&mut self) -> Result<()> {
-        let (dtype, device) = (self.dtype, self.device);
+        let device = self.device;
         for layer in &mut self.layers {
             layer.fused_shared = None;
             let FfnBlock::Moe(moe) = &mut layer.ffn else { continue };
             let Some(shared) = moe.shared.as_ref().filter(|_| device.is_cuda()) else {
                 continue;
             };
-            if let Some(fused) = FusedShared::from_swiglu(shared, dtype, device)? {
+            if let Some(fused) = FusedShared::from_swiglu(shared)? {
                 moe.shared = Some(fused.to_swiglu()?);
                 layer.fused_shared = Some(fused);
             }

@@ -129,7 +129,7 @@ fn fused_shared_holds_the_shared_weights_exactly() {
                 up: Linear::from_hf_weight(&up).unwrap(),
                 down: Linear::from_hf_weight(&down).unwrap(),
             };
-            let fused = FusedShared::from_swiglu(&shared, dtype, device)
+            let fused = FusedShared::from_swiglu(&shared)
                 .unwrap()
                 .expect("a dense bf16/f16 shared expert fuses");
             let t = |w: &Tensor| w.transpose(0, 1).unwrap().contiguous().unwrap();
@@ -169,21 +169,14 @@ fn fused_shared_holds_the_shared_weights_exactly() {
                 up: shared.up.to_fp8().unwrap(),
                 down: shared.down.to_fp8().unwrap(),
             };
-            assert!(
-                FusedShared::from_swiglu(&fp8, dtype, device).unwrap().is_none(),
-                "{context}: FP8"
-            );
+            assert!(FusedShared::from_swiglu(&fp8).unwrap().is_none(), "{context}: FP8");
         }
         let f32_shared = SwiGlu {
             gate: Linear::from_hf_weight(&Tensor::zeros(&[f, d], DType::F32, device).unwrap()).unwrap(),
             up: Linear::from_hf_weight(&Tensor::zeros(&[f, d], DType::F32, device).unwrap()).unwrap(),
             down: Linear::from_hf_weight(&Tensor::zeros(&[d, f], DType::F32, device).unwrap()).unwrap(),
         };
-        assert!(
-            FusedShared::from_swiglu(&f32_shared, DType::F32, device)
-                .unwrap()
-                .is_none()
-        );
+        assert!(FusedShared::from_swiglu(&f32_shared).unwrap().is_none());
     }
 }
 
@@ -214,9 +207,7 @@ fn the_gpu_moe_block_runs_the_shared_expert_in_the_grouped_kernels() {
     let router = Linear::from_hf_weight(&randn(&[e, d], 6, 0.125)).unwrap();
     for spec in ["llama4", "softmax-topk:k=2"] {
         // The block holds its shared expert as views of the fused copy (the weights held once).
-        let fused = FusedShared::from_swiglu(&swiglu(f, 3), DType::BF16, device)
-            .unwrap()
-            .unwrap();
+        let fused = FusedShared::from_swiglu(&swiglu(f, 3)).unwrap().unwrap();
         let moe = Moe {
             router: router.clone(),
             experts: Experts::Fused {
@@ -255,7 +246,7 @@ fn the_gpu_moe_block_runs_the_shared_expert_in_the_grouped_kernels() {
 
         // A shared expert twice as wide cannot join experts of width f: the separate path.
         let wide = swiglu(2 * f, 10);
-        let wide_fused = FusedShared::from_swiglu(&wide, DType::BF16, device).unwrap().unwrap();
+        let wide_fused = FusedShared::from_swiglu(&wide).unwrap().unwrap();
         let wide_moe = Moe {
             router: router.clone(),
             experts: Experts::Fused {

@@ -160,13 +160,10 @@ pub struct FusedShared {
 
 impl FusedShared {
     /// The shared expert's weights in the routed layout, on their own device, when it can join
-    /// the grouped kernels: dense (not FP8) in bf16 or f16. `None` otherwise. The weights are
-    /// copied element for element out of the linears' `Wᵀ` views, so the copy is exact.
-    pub fn from_swiglu(shared: &SwiGlu, dtype: DType, device: Device) -> Result<Option<FusedShared>> {
-        let linears = [&shared.gate, &shared.up, &shared.down];
-        if !matches!(dtype, DType::BF16 | DType::F16) || linears.iter().any(|l| l.is_fp8()) {
-            return Ok(None);
-        }
+    /// the grouped kernels: dense (not FP8), all in bf16 or all in f16, on one device. `None`
+    /// otherwise. The weights are copied element for element out of the linears' `Wᵀ` views,
+    /// so the copy is exact.
+    pub fn from_swiglu(shared: &SwiGlu) -> Result<Option<FusedShared>> {
         let (d, f) = (shared.gate.in_features(), shared.gate.out_features());
         let sizes = |l: &Linear| (l.in_features(), l.out_features());
         if sizes(&shared.up) != (d, f) || sizes(&shared.down) != (f, d) {
@@ -187,10 +184,10 @@ impl FusedShared {
         ) else {
             return Ok(None);
         };
-        if [gate, up, down]
-            .iter()
-            .any(|w| w.dtype() != dtype || w.device() != device)
-        {
+        let (dtype, device) = (gate.dtype(), gate.device());
+        let joins = matches!(dtype, DType::BF16 | DType::F16)
+            && [up, down].iter().all(|w| w.dtype() == dtype && w.device() == device);
+        if !joins {
             return Ok(None);
         }
         let gate_up = ops::cat(&[gate, up], 1)?; // [d, 2f]
