@@ -11,6 +11,7 @@ use proptest::prelude::*;
 use super::WeightOn;
 use super::fp8::{Fp8Experts, fp8_down_combine, fp8_gate_up_swiglu, fp8_moe_experts};
 use super::reference::{expert_of_rows, gather_inputs, host_routing};
+use super::tests::{check, values};
 use crate::moe_routing::{RouteKind, RoutedTokens};
 use crate::ops;
 use crate::quant::{Granularity, Quantized, dequantize, quantize};
@@ -34,12 +35,6 @@ struct Problem {
     experts: Fp8Experts,
     shared: Option<Tensor>,
     routed: RoutedTokens,
-}
-
-fn values(n: usize, scale: f32, rng: &mut Rng) -> Vec<f32> {
-    (0..n)
-        .map(|_| ((rng.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale)
-        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -261,18 +256,6 @@ fn out_bounds(p: &Problem, h_values: &[f64], h_err: &[f64], roundings: usize) ->
             combined + 2.0 * roundings as f64 * ud * (m_sum + combined) + ud * lambda
         })
         .collect()
-}
-
-fn check(got: &Tensor, want: &Tensor, bound: &[f64], context: &str) {
-    let (got, want) = (got.to_f32_vec().unwrap(), want.to_f32_vec().unwrap());
-    assert_eq!(got.len(), want.len(), "{context}");
-    for (i, ((&g, &w), &b)) in got.iter().zip(&want).zip(bound).enumerate() {
-        let diff = (g as f64 - w as f64).abs();
-        assert!(
-            diff <= b,
-            "{context}: element {i}: got {g}, want {w}, |diff| {diff:e} > bound {b:e}"
-        );
-    }
 }
 
 fn sizes() -> impl Strategy<Value = (usize, usize, usize, usize, usize, bool, u64)> {

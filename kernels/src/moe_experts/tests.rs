@@ -41,7 +41,8 @@ struct Problem {
     shared_expert: (Tensor, Tensor),
 }
 
-fn values(n: usize, scale: f32, rng: &mut Rng) -> Vec<f32> {
+/// `n` values uniform in `[-scale, scale)`.
+pub(super) fn values(n: usize, scale: f32, rng: &mut Rng) -> Vec<f32> {
     (0..n)
         .map(|_| ((rng.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale)
         .collect()
@@ -321,7 +322,8 @@ fn bits(t: &Tensor) -> Vec<u32> {
     t.to_f32_vec().unwrap().iter().map(|v| v.to_bits()).collect()
 }
 
-fn check(got: &Tensor, want: &Tensor, bound: &[f64], context: &str) {
+/// Every element of `got` within its `bound` of `want`.
+pub(super) fn check(got: &Tensor, want: &Tensor, bound: &[f64], context: &str) {
     let (got, want) = (got.to_f32_vec().unwrap(), want.to_f32_vec().unwrap());
     assert_eq!(got.len(), want.len(), "{context}");
     for (i, ((&g, &w), &b)) in got.iter().zip(&want).zip(bound).enumerate() {
