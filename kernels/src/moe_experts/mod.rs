@@ -136,6 +136,16 @@ fn check_routing(routed: &RoutedTokens, t: usize, e: usize, device: Device) -> R
     Ok(k)
 }
 
+/// [`check_operand`] against `like`'s dtype and device, then the shape `want` (`why` follows
+/// it in the message).
+fn check_shaped_operand(which: &str, tensor: &Tensor, want: &[usize], why: &str, like: &Tensor) -> Result<()> {
+    check_operand(which, tensor, like.dtype(), like.device())?;
+    if tensor.shape() != want {
+        return Err(bad_shape(which, tensor.shape(), format!("expected {want:?}{why}")));
+    }
+    Ok(())
+}
+
 fn check_operand(which: &str, tensor: &Tensor, dtype: DType, device: Device) -> Result<()> {
     if tensor.dtype() != dtype {
         return Err(Error::DTypeMismatch {
@@ -212,14 +222,7 @@ fn gate_up_impl(
     }
     check_operand("gate_up", gate_up, x.dtype(), x.device())?;
     if let Some(s) = shared_gate_up {
-        check_operand("shared gate_up", s, x.dtype(), x.device())?;
-        if s.shape() != [d, f2] {
-            return Err(bad_shape(
-                "shared gate_up",
-                s.shape(),
-                format!("expected [{d}, {f2}], the routed experts' [d, 2f]"),
-            ));
-        }
+        check_shaped_operand("shared gate_up", s, &[d, f2], ", the routed experts' [d, 2f]", x)?;
     }
     let k = check_routing(routed, t, e, x.device())?;
     let shape = ExpertShape { t, d, f: f2 / 2, e, k };
@@ -278,20 +281,10 @@ fn down_impl(
     }
     check_operand("down", down, h.dtype(), h.device())?;
     if let Some(s) = shared_down {
-        check_operand("shared down", s, h.dtype(), h.device())?;
-        if s.shape() != [f, d] {
-            return Err(bad_shape(
-                "shared down",
-                s.shape(),
-                format!("expected [{f}, {d}], the routed experts' [f, d]"),
-            ));
-        }
+        check_shaped_operand("shared down", s, &[f, d], ", the routed experts' [f, d]", h)?;
     }
     if let Some(s) = shared {
-        check_operand("shared", s, h.dtype(), h.device())?;
-        if s.shape() != [t, d] {
-            return Err(bad_shape("shared", s.shape(), format!("expected [{t}, {d}]")));
-        }
+        check_shaped_operand("shared", s, &[t, d], "", h)?;
     }
     let shape = ExpertShape { t, d, f, e, k };
     match h.device() {
